@@ -1,0 +1,3 @@
+from .lidar_boxes import BOX_CONVENTION_VERSION, LiDARBoxes
+
+__all__ = ["BOX_CONVENTION_VERSION", "LiDARBoxes"]
