@@ -6,7 +6,8 @@ PyPI source distribution ``pb1-detectron2==0.6`` (upstream v0.6's Python code wi
 sources) is built with no extension modules and a ``detectron2/_C.py`` placeholder, which answers
 the version queries detectron2 makes at import time and raises a clear error for any compiled op.
 
-Run with the interpreter of the target environment: ``.venv/bin/python tools/install_detectron2.py``.
+Run it with the target environment's interpreter:
+``.venv/bin/python tools/install_detectron2.py``.
 """
 import argparse
 import glob
@@ -25,7 +26,7 @@ SDIST_NAME = "pb1-detectron2-0.6.tar.gz"
 # Byte-identical to upstream detectron2 v0.6 (see README); verified before use.
 SDIST_SHA256 = "5d2e9e51e523ec72f6a31cca04b0a515492e9514b773a3d134cedc0677170b29"
 
-PLACEHOLDER = '''"""Placeholder for detectron2's compiled extension, written by d2_pillars' installer.
+PLACEHOLDER = '''"""Placeholder for detectron2's compiled extension (d2_pillars' installer).
 
 This detectron2 was installed from Python sources only (PyPI ``pb1-detectron2==0.6`` has no C++
 sources). Pure-Python parts work; any compiled op raises an error that names it.
@@ -50,8 +51,7 @@ def __getattr__(name):
     raise AttributeError(
         f"detectron2 compiled op '{name}' is not available: this detectron2 was installed "
         "without its C++/CUDA extension (d2_pillars pure-Python install). Build detectron2 "
-        "from source (pip install 'git+https://github.com/facebookresearch/detectron2.git') "
-        "to get it."
+        "from source (see detectron2's INSTALL.md) to get it."
     )
 '''
 
@@ -144,7 +144,8 @@ def main():
             f.write(text)
         with open(os.path.join(src, "detectron2", "_C.py"), "w") as f:
             f.write(PLACEHOLDER)
-        # --no-build-isolation: setup.py imports torch. --no-deps: the sdist pins black==21.4b2 and iopath<0.1.10; requirements.txt has the rest.
+        # --no-build-isolation: setup.py imports torch. --no-deps: the sdist pins
+        # black==21.4b2 and iopath<0.1.10; requirements.txt lists what it needs.
         pip("install", "-q", "--no-deps", "--no-build-isolation", src)
 
     if not pure_python_detectron2_present():

@@ -169,7 +169,7 @@ class LiDARBoxes:
 
     @staticmethod
     def from_d2_rotated(rotated, z, h, velocity=None) -> "LiDARBoxes":
-        """Inverse of :meth:`to_d2_rotated`, given centre heights ``z`` (N,) and heights ``h`` (N,)."""
+        """Inverse of :meth:`to_d2_rotated`, given centre heights ``z`` and heights ``h`` (N,)."""
         rotated = torch.as_tensor(rotated, dtype=torch.float32)
         z = torch.as_tensor(z, dtype=torch.float32, device=rotated.device)
         h = torch.as_tensor(h, dtype=torch.float32, device=rotated.device)
@@ -341,9 +341,9 @@ class LiDARBoxes:
         translation, size_wlh, rotation_wxyz, velocity_xy=None, *, global_to_frame=None
     ) -> "LiDARBoxes":
         """Boxes from devkit-style arrays (``translation`` (N,3) centres, ``size`` (N,3) as
-        ``[w, l, h]``, ``rotation`` (N,4) quaternions ``[w, x, y, z]``, optional ``velocity`` (N,2)),
-        optionally moved into another frame by the 4x4 ``global_to_frame``. Vectorised (no Box
-        objects); the yaw of each quaternion is its rotation about z (q and -q give the same)."""
+        ``[w, l, h]``, ``rotation`` (N,4) quaternions ``[w, x, y, z]``, optional ``velocity``
+        (N,2)), optionally moved into another frame by the 4x4 ``global_to_frame``. Vectorised
+        (no Box objects); yaw is the heading of each rotated x axis (q and -q give the same)."""
         translation = np.asarray(translation, dtype=np.float64).reshape(-1, 3)
         size = np.asarray(size_wlh, dtype=np.float64).reshape(-1, 3)
         q = np.asarray(rotation_wxyz, dtype=np.float64).reshape(-1, 4)
