@@ -92,6 +92,9 @@ def add_pillars_config(cfg):
     _C.MODEL.PILLAR_FEATURE_NET.NORM = "BN"
     _C.MODEL.BN_EPS = 1e-3
     _C.MODEL.BN_MOMENTUM = 0.01
+    # With several training processes, convert every BatchNorm to detectron2's naiveSyncBN
+    # (single-process runs keep plain BN, so one GPU never needs a process group).
+    _C.MODEL.SYNC_BN_MULTI_PROCESS = True
 
     # ---------------------------------------------------------------------------------------- #
     # BEV backbones and necks (MODEL.BACKBONE.NAME picks a builder, e.g. build_regnet_fpn_backbone)

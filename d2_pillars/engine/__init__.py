@@ -1,0 +1,16 @@
+"""Training / evaluation entry points (what tools/train_net.py calls)."""
+
+from .defaults import argument_parser, load_config, main, setup
+from .launch import launch
+from .trainer import PillarsTrainer, build_pillars_evaluator, build_pillars_model
+
+__all__ = [
+    "argument_parser",
+    "load_config",
+    "main",
+    "setup",
+    "launch",
+    "PillarsTrainer",
+    "build_pillars_evaluator",
+    "build_pillars_model",
+]

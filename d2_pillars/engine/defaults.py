@@ -1,0 +1,96 @@
+"""What ``tools/train_net.py`` runs: config setup, argument parser, and ``main``."""
+
+import logging
+import os
+
+from detectron2.config import get_cfg
+from detectron2.engine import default_argument_parser, default_setup
+from detectron2.evaluation import verify_results
+from detectron2.utils import comm
+from detectron2.utils.logger import setup_logger
+
+from ..checkpoint import PillarsCheckpointer
+from ..config import add_pillars_config
+from .trainer import PillarsTrainer
+
+__all__ = ["argument_parser", "setup", "main", "load_config"]
+
+logger = logging.getLogger(__name__)
+
+
+def argument_parser():
+    """detectron2's ``default_argument_parser`` plus ``--results FILE`` (score a results file)."""
+    parser = default_argument_parser(
+        epilog="Examples:\n"
+        "  Train:     python tools/train_net.py --config-file configs/nuscenes/"
+        "pointpillars_regnetx_400mf_fpn.yaml --num-gpus 8\n"
+        "  Evaluate:  python tools/train_net.py --config-file CFG --eval-only MODEL.WEIGHTS W.pth\n"
+        "  Score:     python tools/train_net.py --config-file CFG --eval-only --results R.json\n"
+    )
+    parser.add_argument(
+        "--results",
+        default="",
+        metavar="FILE",
+        help="with --eval-only: score an existing results file (nuScenes JSON, Lyft CSV/JSON) "
+        "on DATASETS.TEST[0] without running a model",
+    )
+    return parser
+
+
+def load_config(config_file="", opts=()):
+    """A frozen-free config: detectron2 defaults + d2_pillars keys + file + overrides.
+
+    Unknown keys in the file or the overrides raise a ``KeyError`` that names the file.
+    """
+    cfg = get_cfg()
+    add_pillars_config(cfg)
+    if config_file:
+        if not os.path.isfile(config_file):
+            raise FileNotFoundError(f"Config file not found: {config_file}")
+        try:
+            cfg.merge_from_file(config_file)
+        except KeyError as e:
+            raise KeyError(
+                f"{config_file}: {e.args[0] if e.args else e}. Check the key's spelling against "
+                "d2_pillars/config.py and detectron2's defaults."
+            ) from None
+    try:
+        cfg.merge_from_list(list(opts))
+    except KeyError as e:
+        raise KeyError(
+            f"command-line override: {e.args[0] if e.args else e}. Check the key's spelling "
+            "against d2_pillars/config.py and detectron2's defaults."
+        ) from None
+    return cfg
+
+
+def setup(args):
+    """Config from ``args`` (frozen), output dir, logging and seeding via detectron2."""
+    cfg = load_config(args.config_file, args.opts)
+    cfg.freeze()
+    default_setup(cfg, args)
+    setup_logger(output=cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="d2_pillars")
+    return cfg
+
+
+def main(args):
+    """Train, evaluate a checkpoint (``--eval-only``) or score a results file (``--results``)."""
+    cfg = setup(args)
+    if args.results:
+        if not args.eval_only:
+            raise ValueError("--results is an evaluation: pass --eval-only too")
+        from ..evaluation import evaluate_results_file
+
+        return evaluate_results_file(cfg, args.results)
+    if args.eval_only:
+        model = PillarsTrainer.build_model(cfg)
+        PillarsCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(
+            cfg.MODEL.WEIGHTS, resume=args.resume
+        )
+        res = PillarsTrainer.test(cfg, model)
+        if comm.is_main_process():
+            verify_results(cfg, res)
+        return res
+    trainer = PillarsTrainer(cfg)
+    trainer.resume_or_load(resume=args.resume)
+    return trainer.train()

@@ -1,0 +1,163 @@
+"""The detectron2 trainer for d2_pillars: point-cloud loaders, 3D evaluators, AdamW, AMP."""
+
+import logging
+import os
+import weakref
+
+import torch
+from torch.nn.parallel import DistributedDataParallel
+
+from detectron2.data import MetadataCatalog
+from detectron2.engine import AMPTrainer, DefaultTrainer, SimpleTrainer, TrainerBase
+from detectron2.modeling import build_model
+from detectron2.solver.build import get_default_optimizer_params, maybe_add_gradient_clipping
+from detectron2.utils import comm
+from detectron2.utils.logger import setup_logger
+
+from ..checkpoint import PillarsCheckpointer
+from ..data import build_pillars_test_loader, build_pillars_train_loader
+from ..evaluation import LyftEvaluator, NuScenesEvaluator
+from .sync_bn import convert_to_naive_sync_bn
+
+__all__ = ["PillarsTrainer", "build_pillars_evaluator", "build_pillars_model", "wrap_ddp"]
+
+logger = logging.getLogger(__name__)
+
+
+def build_pillars_model(cfg):
+    """``detectron2.modeling.build_model`` plus naive sync BN when several processes train."""
+    model = build_model(cfg)
+    if comm.get_world_size() > 1 and cfg.MODEL.SYNC_BN_MULTI_PROCESS:
+        model = convert_to_naive_sync_bn(model)
+        logger.info(
+            "Converted BatchNorm layers to naiveSyncBN for %d processes.", comm.get_world_size()
+        )
+    return model
+
+
+def wrap_ddp(model):
+    """DistributedDataParallel with several processes; CPU processes take no ``device_ids``."""
+    if comm.get_world_size() == 1:
+        return model
+    device_ids = [comm.get_local_rank()] if next(model.parameters()).is_cuda else None
+    return DistributedDataParallel(model, device_ids=device_ids, broadcast_buffers=False)
+
+
+def build_pillars_evaluator(cfg, dataset_name, output_folder=None):
+    """The evaluator for the registered dataset's ``evaluator_type`` ("nuscenes" or "lyft")."""
+    if output_folder is None:
+        output_folder = os.path.join(cfg.OUTPUT_DIR, cfg.TEST.EVAL_OUTPUT_SUBDIR, dataset_name)
+    evaluator_type = MetadataCatalog.get(dataset_name).get("evaluator_type", None)
+    if evaluator_type == "nuscenes":
+        return NuScenesEvaluator(dataset_name, output_dir=output_folder)
+    if evaluator_type == "lyft":
+        return LyftEvaluator(dataset_name, output_dir=output_folder)
+    raise ValueError(
+        f"Dataset '{dataset_name}' has evaluator_type {evaluator_type!r}; d2_pillars evaluates "
+        "'nuscenes' and 'lyft' datasets (register them with d2_pillars.data.register_nuscenes / "
+        "register_lyft)."
+    )
+
+
+def add_gradient_clipping(cfg, optimizer_cls):
+    """Gradient clipping from ``SOLVER.CLIP_GRADIENTS``.
+
+    Adds ``CLIP_TYPE: "full_model"`` (the reference's: one L2 norm over all parameters, capped at
+    ``CLIP_VALUE``), which detectron2 v0.6 lacks; "value" and "norm" (per parameter) are
+    detectron2's own.
+    """
+    clip = cfg.SOLVER.CLIP_GRADIENTS
+    if not (clip.ENABLED and clip.CLIP_TYPE == "full_model"):
+        return maybe_add_gradient_clipping(cfg, optimizer_cls)
+    max_norm, norm_type = clip.CLIP_VALUE, clip.NORM_TYPE
+
+    class FullModelGradientClipping(optimizer_cls):
+        def step(self, closure=None):
+            params = [p for group in self.param_groups for p in group["params"]]
+            torch.nn.utils.clip_grad_norm_(params, max_norm, norm_type)
+            return super().step(closure=closure)
+
+    FullModelGradientClipping.__name__ = optimizer_cls.__name__ + "WithFullModelGradientClip"
+    return FullModelGradientClipping
+
+
+class PillarsTrainer(DefaultTrainer):
+    """``DefaultTrainer`` for PointPillars.
+
+    Differences from detectron2's: the point-cloud train/test loaders; the nuScenes / Lyft
+    evaluators; AdamW (``SOLVER.OPTIMIZER``) with ``SOLVER.CLIP_GRADIENTS``; AMP through
+    ``torch.amp`` (CUDA only); DDP that also runs on CPU processes (gloo); naive sync BN only
+    with several processes; checkpoints written atomically and stamped with the box-convention
+    version (:class:`PillarsCheckpointer`).
+    """
+
+    def __init__(self, cfg):
+        TrainerBase.__init__(self)
+        if not logging.getLogger("d2_pillars").isEnabledFor(logging.INFO):
+            setup_logger(name="d2_pillars", distributed_rank=comm.get_rank())
+        cfg = DefaultTrainer.auto_scale_workers(cfg, comm.get_world_size())
+
+        model = self.build_model(cfg)
+        optimizer = self.build_optimizer(cfg, model)
+        data_loader = self.build_train_loader(cfg)
+        model = wrap_ddp(model)
+        if cfg.SOLVER.AMP.ENABLED:
+            if not next(model.parameters()).is_cuda:
+                raise ValueError(
+                    "SOLVER.AMP.ENABLED needs a CUDA device (MODEL.DEVICE is "
+                    f"'{cfg.MODEL.DEVICE}'); set SOLVER.AMP.ENABLED False for CPU training."
+                )
+            # Dynamic loss scaling: skips steps with inf/NaN gradients and lowers the scale.
+            self._trainer = AMPTrainer(
+                model, data_loader, optimizer, grad_scaler=torch.amp.GradScaler("cuda")
+            )
+        else:
+            self._trainer = SimpleTrainer(model, data_loader, optimizer)
+
+        self.scheduler = self.build_lr_scheduler(cfg, optimizer)
+        self.checkpointer = PillarsCheckpointer(model, cfg.OUTPUT_DIR, trainer=weakref.proxy(self))
+        self.start_iter = 0
+        self.max_iter = cfg.SOLVER.MAX_ITER
+        self.cfg = cfg
+        self.register_hooks(self.build_hooks())
+
+    @classmethod
+    def build_model(cls, cfg):
+        model = build_pillars_model(cfg)
+        logger.info("Model:\n%s", model)
+        return model
+
+    @classmethod
+    def build_optimizer(cls, cfg, model):
+        if cfg.SOLVER.OPTIMIZER == "SGD":
+            return super().build_optimizer(cfg, model)
+        if cfg.SOLVER.OPTIMIZER != "AdamW":
+            raise ValueError(
+                f"SOLVER.OPTIMIZER must be 'AdamW' or 'SGD', got {cfg.SOLVER.OPTIMIZER!r}"
+            )
+        params = get_default_optimizer_params(
+            model,
+            base_lr=cfg.SOLVER.BASE_LR,
+            weight_decay=cfg.SOLVER.WEIGHT_DECAY,
+            weight_decay_norm=cfg.SOLVER.WEIGHT_DECAY_NORM,
+            bias_lr_factor=cfg.SOLVER.BIAS_LR_FACTOR,
+            weight_decay_bias=cfg.SOLVER.WEIGHT_DECAY_BIAS,
+        )
+        return add_gradient_clipping(cfg, torch.optim.AdamW)(
+            params,
+            lr=cfg.SOLVER.BASE_LR,
+            betas=tuple(cfg.SOLVER.BETAS),
+            weight_decay=cfg.SOLVER.WEIGHT_DECAY,
+        )
+
+    @classmethod
+    def build_train_loader(cls, cfg):
+        return build_pillars_train_loader(cfg)
+
+    @classmethod
+    def build_test_loader(cls, cfg, dataset_name):
+        return build_pillars_test_loader(cfg, dataset_name)
+
+    @classmethod
+    def build_evaluator(cls, cfg, dataset_name, output_folder=None):
+        return build_pillars_evaluator(cfg, dataset_name, output_folder)

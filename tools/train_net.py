@@ -1,0 +1,22 @@
+#!/usr/bin/env python
+"""Train or evaluate a d2_pillars model (detectron2's train_net CLI).
+
+    python tools/train_net.py --config-file configs/nuscenes/pointpillars_regnetx_400mf_fpn.yaml \
+        --num-gpus 8
+    python tools/train_net.py --config-file CFG --eval-only MODEL.WEIGHTS output/model_final.pth
+    python tools/train_net.py --config-file CFG --eval-only --results results_nusc.json
+    python tools/train_net.py --config-file CFG --resume          # continue an interrupted run
+"""
+from d2_pillars.engine import argument_parser, launch, main
+
+if __name__ == "__main__":
+    args = argument_parser().parse_args()
+    print("Command Line Args:", args)
+    launch(
+        main,
+        args.num_gpus,
+        num_machines=args.num_machines,
+        machine_rank=args.machine_rank,
+        dist_url=args.dist_url,
+        args=(args,),
+    )
