@@ -1,0 +1,163 @@
+"""LyftEvaluator on the synthetic Lyft set: the SDK's metric, the Kaggle CSV, errors."""
+
+import numpy as np
+import pytest
+import torch
+
+from detectron2.data import DatasetCatalog
+from detectron2.structures import Instances
+
+from d2_pillars.data import register_lyft
+from d2_pillars.data.datasets.builder import create_infos
+from d2_pillars.data.datasets.lyft import LYFT_SPEC
+from d2_pillars.data.datasets.synthetic import make_synthetic_lyft
+from d2_pillars.evaluation import (
+    LyftEvaluator,
+    ResultsFileError,
+    evaluate_lyft_results,
+    load_lyft_results,
+    merge_predictions,
+)
+from d2_pillars.structures import LiDARBoxes
+
+import json
+import os
+
+VAL, TRAIN = "_test_eval_lyft_val", "_test_eval_lyft_train"
+
+
+@pytest.fixture(scope="module")
+def lyft(tmp_path_factory):
+    root = make_synthetic_lyft(
+        str(tmp_path_factory.mktemp("lyft")),
+        num_scenes=2,
+        keyframes_per_scene=4,
+        seed=0,
+        num_beams=8,
+        azimuth_steps=256,
+    )
+    paths = create_infos(
+        LYFT_SPEC, root, "v1.01-train", max_sweeps=0, scene_split="last20", progress=False
+    )
+    for name, split in ((VAL, "val"), (TRAIN, "train")):
+        if name not in DatasetCatalog.list():
+            register_lyft(name, paths[split], root, scene_split="last20")
+    return root
+
+
+def predictions(dataset_name, noise=0.0, only_first=False, seed=0):
+    """Ground truth boxes (LiDAR frame, every box: Lyft has no point filter) as predictions,
+    optionally jittered; with ``only_first`` every other sample has no box."""
+    rng = np.random.default_rng(seed)
+    pairs = []
+    for i, d in enumerate(DatasetCatalog.get(dataset_name)):
+        keep = d["gt_labels"] >= 0
+        if only_first and i > 0:
+            keep[:] = False
+        boxes = d["gt_boxes"][keep].astype(np.float64)
+        boxes[:, :3] += rng.normal(0, noise, (len(boxes), 3))
+        boxes[:, 3:6] *= np.exp(rng.normal(0, noise, (len(boxes), 3)))
+        boxes[:, 6] += rng.normal(0, noise, len(boxes))
+        inst = Instances(
+            (1, 1),
+            pred_boxes3d=LiDARBoxes(torch.as_tensor(boxes, dtype=torch.float32)),
+            scores=torch.as_tensor(rng.random(len(boxes)) if noise else np.ones(len(boxes))),
+            pred_classes=torch.as_tensor(d["gt_labels"][keep]),
+        )
+        pairs.append(({k: d[k] for k in ("sample_token", "lidar2ego", "ego2global")}, inst))
+    return pairs
+
+
+def run(evaluator, pairs):
+    evaluator.reset()
+    for inp, inst in pairs:
+        evaluator.process([inp], [{"instances": inst}])
+    return evaluator.evaluate()
+
+
+def test_ground_truth_scores_perfectly(lyft, tmp_path):
+    res = run(LyftEvaluator(VAL, str(tmp_path), method="fast"), predictions(VAL))["lyft"]
+    assert res["mAP"] >= 0.99
+    per_class = {k[3:]: v for k, v in res.items() if k.startswith("AP-")}
+    assert len(per_class) >= 3 and min(per_class.values()) >= 0.99
+    assert res["mAP@0.95"] >= 0.99
+    # Files: the SDK-style JSON, the Kaggle CSV (global frame), the per-threshold table.
+    tokens = [d["sample_token"] for d in DatasetCatalog.get(VAL)]
+    lines = open(tmp_path / "results_lyft.csv").read().splitlines()
+    assert lines[0] == "Id,PredictionString"
+    assert [line.split(",")[0] for line in lines[1:]] == tokens
+    fields = lines[1].split(",")[1].split()
+    assert len(fields) % 9 == 0 and fields[8] in per_class
+    assert np.hypot(float(fields[1]), float(fields[2])) > 100  # global, not LiDAR, coordinates
+    metrics = json.load(open(tmp_path / "lyft_metrics.json"))
+    assert metrics["mAP"] == pytest.approx(res["mAP"]) and len(metrics["iou_thresholds"]) == 10
+    # Scoring the CSV and the JSON again gives the same numbers.
+    for name in ("results_lyft.csv", "results_lyft.json"):
+        again = evaluate_lyft_results(str(tmp_path / name), VAL, method="fast")["lyft"]
+        assert again == pytest.approx(res)
+
+
+def test_fast_equals_sdk_through_the_evaluator(lyft, tmp_path):
+    pairs = predictions(VAL, noise=0.1, only_first=True)
+    fast = run(LyftEvaluator(VAL, str(tmp_path), method="fast"), pairs)["lyft"]
+    sdk = evaluate_lyft_results(str(tmp_path / "results_lyft.csv"), VAL, method="sdk")["lyft"]
+    assert 0.05 < fast["mAP"] < 0.95  # jittered: a non-trivial number
+    assert set(fast) == set(sdk)
+    for key in fast:
+        assert abs(fast[key] - sdk[key]) <= 1e-6, key
+
+
+def test_missing_samples_and_other_split(lyft, tmp_path):
+    with pytest.raises(ResultsFileError, match="1 samples of the split are missing"):
+        run(LyftEvaluator(VAL, str(tmp_path)), predictions(VAL)[:-1])
+    assert not os.path.exists(tmp_path / "results_lyft.csv")
+    ev = LyftEvaluator(TRAIN, str(tmp_path / "train"), method="fast")
+    run(ev, predictions(TRAIN))
+    with pytest.raises(ResultsFileError, match=r"results_lyft.csv.*Lyft v1.01-train split 'val'"):
+        evaluate_lyft_results(str(tmp_path / "train" / "results_lyft.csv"), VAL, method="fast")
+
+
+def test_empty_results(lyft, tmp_path):
+    pairs = predictions(VAL)
+    empty = [
+        (
+            inp,
+            Instances(
+                (1, 1),
+                pred_boxes3d=LiDARBoxes(torch.zeros(0, 7)),
+                scores=torch.zeros(0),
+                pred_classes=torch.zeros(0, dtype=torch.int64),
+            ),
+        )
+        for inp, _ in pairs
+    ]
+    res = run(LyftEvaluator(VAL, str(tmp_path)), empty)["lyft"]
+    assert res["mAP"] == 0.0
+    assert all(v == [] for v in load_lyft_results(str(tmp_path / "results_lyft.csv")).values())
+
+
+def test_merge_of_two_ranks(lyft):
+    pairs = predictions(VAL, noise=0.05)
+    single, ranks = LyftEvaluator(VAL), [LyftEvaluator(VAL), LyftEvaluator(VAL)]
+    for i, (inp, inst) in enumerate(pairs):
+        single.process([inp], [{"instances": inst}])
+        ranks[1 - i % 2].process([inp], [{"instances": inst}])
+    expected = merge_predictions([single._predictions])
+    assert merge_predictions([r._predictions for r in ranks]) == expected
+    assert sum(len(v) for v in expected.values()) > 50
+
+
+def test_evaluate_results_file_from_config(lyft, tmp_path):
+    from detectron2.config import get_cfg
+
+    from d2_pillars.config import add_pillars_config
+    from d2_pillars.evaluation import evaluate_results_file
+
+    run(LyftEvaluator(VAL, str(tmp_path), method="fast"), predictions(VAL, noise=0.05))
+    cfg = get_cfg()
+    add_pillars_config(cfg)
+    cfg.OUTPUT_DIR, cfg.DATASETS.TEST = str(tmp_path / "out"), (VAL,)
+    cfg.TEST.LYFT_MAP_METHOD = "fast"
+    res = evaluate_results_file(cfg, str(tmp_path / "results_lyft.csv"))
+    assert res == evaluate_lyft_results(str(tmp_path / "results_lyft.json"), VAL, method="fast")
+    assert os.path.isfile(tmp_path / "out" / "inference" / VAL / "lyft_metrics.json")
