@@ -1,0 +1,139 @@
+# -*- coding: utf-8 -*-
+"""``PillarsCheckpointer``: detectron2's ``DetectionCheckpointer`` plus what d2_pillars needs.
+
+- ``MODEL.WEIGHTS`` may name a pycls ``.pyth`` or a torchvision RegNet file: it is converted onto
+  the model's RegNet on load (:mod:`.regnet_converter`), with a table of what was mapped.
+- Checkpoints record the box convention (``d2_pillars.structures.BOX_CONVENTION_VERSION``) under
+  ``"box_convention_version"``; loading one of another version is an error naming the file.
+- Saves are atomic (temporary file + rename), so an interrupted save never leaves a truncated
+  ``model_*.pth`` or ``last_checkpoint`` behind.
+- Loads use ``torch.load(..., weights_only=True)`` (no arbitrary unpickling); only detectron2's
+  ``.pkl`` model-zoo format is read with ``pickle`` as detectron2 does.
+"""
+import torch
+
+from detectron2.checkpoint import DetectionCheckpointer
+
+from d2_pillars.structures import BOX_CONVENTION_VERSION
+from d2_pillars.utils.file_io import atomic_open
+
+import logging
+import os
+from typing import Any
+
+from .regnet_converter import (
+    CONVERTER_AUTHOR,
+    RegNetCheckpointError,
+    convert_to_model,
+    detect_source_format,
+    format_report,
+    load_weights_file,
+    make_converted_checkpoint,
+    source_state_dict,
+)
+
+__all__ = ["PillarsCheckpointer", "BOX_CONVENTION_KEY", "BoxConventionMismatchError"]
+
+logger = logging.getLogger(__name__)
+
+BOX_CONVENTION_KEY = "box_convention_version"
+
+
+class BoxConventionMismatchError(RuntimeError):
+    """A checkpoint trained with another box convention than this package's."""
+
+
+def check_box_convention(checkpoint: dict, filename: str, model_keys=()) -> None:
+    """Raise if ``checkpoint`` records a box convention other than the package's.
+
+    A checkpoint with no record (ImageNet backbones, other detectron2 checkpoints) is accepted;
+    if it nevertheless holds weights outside the backbone that the model has, a warning says so.
+    """
+    version = checkpoint.get(BOX_CONVENTION_KEY)
+    if version is None:
+        model_keys = set(model_keys)
+        foreign = [
+            k
+            for k in checkpoint.get("model", {})
+            if k in model_keys and not k.startswith("backbone.")
+        ]
+        if foreign:
+            logger.warning(
+                f"Checkpoint {filename} records no box convention version but holds "
+                f"{len(foreign)} weights outside the backbone (e.g. {foreign[0]}); if it was "
+                "trained with another box convention its predictions will be wrong."
+            )
+        return
+    if version != BOX_CONVENTION_VERSION:
+        raise BoxConventionMismatchError(
+            f"Checkpoint {filename} was saved with box convention version {version!r}, but this "
+            f"d2_pillars uses version {BOX_CONVENTION_VERSION}: its regression outputs would be "
+            "decoded into wrong boxes. Use a checkpoint trained with this version (retrain, or "
+            f"evaluate it with the d2_pillars release of version {version!r})."
+        )
+
+
+class PillarsCheckpointer(DetectionCheckpointer):
+    """A ``DetectionCheckpointer`` that converts RegNet checkpoints and checks the box convention.
+
+    Same constructor and API as ``DetectionCheckpointer``: ``PillarsCheckpointer(model,
+    save_dir, **checkpointables)``, ``.resume_or_load(path, resume=...)``, ``.load(path)``,
+    ``.save(name, **extra)``.
+    """
+
+    def save(self, name: str, **kwargs: Any) -> None:
+        """Write ``{save_dir}/{name}.pth`` atomically, with the box convention version."""
+        if not self.save_dir or not self.save_to_disk:
+            return
+        data = {"model": self.model.state_dict()}
+        for key, obj in self.checkpointables.items():
+            data[key] = obj.state_dict()
+        data.update(kwargs)
+        data[BOX_CONVENTION_KEY] = BOX_CONVENTION_VERSION
+        basename = f"{name}.pth"
+        save_file = os.path.join(self.save_dir, basename)
+        assert os.path.basename(save_file) == basename, basename
+        self.logger.info(f"Saving checkpoint to {save_file}")
+        with atomic_open(save_file, "wb") as f:
+            torch.save(data, f)
+        self.tag_last_checkpoint(basename)
+
+    def tag_last_checkpoint(self, last_filename_basename: str) -> None:
+        """Write ``{save_dir}/last_checkpoint`` atomically."""
+        with atomic_open(os.path.join(self.save_dir, "last_checkpoint"), "w") as f:
+            f.write(last_filename_basename)
+
+    def _load_file(self, filename: str) -> dict:
+        if filename.endswith(".pkl"):
+            # detectron2 / Detectron model-zoo pickles (numpy arrays): detectron2's own reader.
+            data = super()._load_file(filename)
+        else:
+            obj = load_weights_file(filename)
+            fmt = detect_source_format(obj)
+            if fmt is not None:
+                data = self._convert_regnet(obj, fmt, filename)
+            elif filename.endswith(".pyth"):
+                raise RegNetCheckpointError(
+                    f"{filename}: a .pyth file must be a pycls checkpoint with a 'model_state' "
+                    "RegNet state dict."
+                )
+            elif isinstance(obj, dict) and "model" in obj:
+                data = obj
+            elif isinstance(obj, dict):
+                data = {"model": obj}
+            else:
+                raise RegNetCheckpointError(
+                    f"{filename} holds a {type(obj).__name__}, not a checkpoint dict."
+                )
+        check_box_convention(data, filename, self.model.state_dict().keys())
+        return data
+
+    def _convert_regnet(self, obj, fmt: str, filename: str) -> dict:
+        source, fmt = source_state_dict(obj, fmt, path=filename)
+        state, report = convert_to_model(
+            source, self.model.state_dict(), source_format=fmt, src_name=filename
+        )
+        self.logger.info(f"Converted {fmt} RegNet checkpoint {filename}:\n" + format_report(report))
+        data = make_converted_checkpoint(state, report)
+        data["__author__"] = CONVERTER_AUTHOR + " (on load)"
+        return data
