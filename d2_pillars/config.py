@@ -192,7 +192,14 @@ def add_pillars_config(cfg):
     # "AdamW" (reference) or "SGD" (detectron2's default builder).
     _C.SOLVER.OPTIMIZER = "AdamW"
     _C.SOLVER.BETAS = [0.9, 0.999]
+    # Iterations between log lines / metrics.json records (detectron2 hard-codes 20).
+    _C.SOLVER.LOG_PERIOD = 20
     _C.TEST.EVAL_OUTPUT_SUBDIR = "inference"
     # Score threshold for BEV images the evaluators save next to the metrics (0 disables images).
     _C.TEST.VIS_SCORE_THRESH = 0.3
     _C.TEST.VIS_NUM_SAMPLES = 0
+    # Lyft mAP implementation: "sdk" (the SDK's shapely loops), "fast" (vectorised, equal numbers)
+    # or "auto" (the SDK up to 1000 predictions, else fast).
+    _C.TEST.LYFT_MAP_METHOD = "auto"
+    # Also render the nuScenes devkit's PR/TP curves (PDFs in <eval dir>/plots; slow).
+    _C.TEST.NUSCENES_PLOTS = False

@@ -2,6 +2,7 @@
 
 from .defaults import argument_parser, load_config, main, setup
 from .launch import launch
+from .predictor import PillarsPredictor
 from .trainer import PillarsTrainer, build_pillars_evaluator, build_pillars_model
 
 __all__ = [
@@ -10,6 +11,7 @@ __all__ = [
     "main",
     "setup",
     "launch",
+    "PillarsPredictor",
     "PillarsTrainer",
     "build_pillars_evaluator",
     "build_pillars_model",

@@ -8,7 +8,7 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 
 from detectron2.data import MetadataCatalog
-from detectron2.engine import AMPTrainer, DefaultTrainer, SimpleTrainer, TrainerBase
+from detectron2.engine import AMPTrainer, DefaultTrainer, SimpleTrainer, TrainerBase, hooks
 from detectron2.modeling import build_model
 from detectron2.solver.build import get_default_optimizer_params, maybe_add_gradient_clipping
 from detectron2.utils import comm
@@ -49,9 +49,13 @@ def build_pillars_evaluator(cfg, dataset_name, output_folder=None):
         output_folder = os.path.join(cfg.OUTPUT_DIR, cfg.TEST.EVAL_OUTPUT_SUBDIR, dataset_name)
     evaluator_type = MetadataCatalog.get(dataset_name).get("evaluator_type", None)
     if evaluator_type == "nuscenes":
-        return NuScenesEvaluator(dataset_name, output_dir=output_folder)
+        return NuScenesEvaluator(
+            dataset_name, output_dir=output_folder, plot=cfg.TEST.NUSCENES_PLOTS
+        )
     if evaluator_type == "lyft":
-        return LyftEvaluator(dataset_name, output_dir=output_folder)
+        return LyftEvaluator(
+            dataset_name, output_dir=output_folder, method=cfg.TEST.LYFT_MAP_METHOD
+        )
     raise ValueError(
         f"Dataset '{dataset_name}' has evaluator_type {evaluator_type!r}; d2_pillars evaluates "
         "'nuscenes' and 'lyft' datasets (register them with d2_pillars.data.register_nuscenes / "
@@ -120,6 +124,13 @@ class PillarsTrainer(DefaultTrainer):
         self.max_iter = cfg.SOLVER.MAX_ITER
         self.cfg = cfg
         self.register_hooks(self.build_hooks())
+
+    def build_hooks(self):
+        ret = super().build_hooks()
+        for hook in ret:
+            if isinstance(hook, hooks.PeriodicWriter):
+                hook._period = self.cfg.SOLVER.LOG_PERIOD
+        return ret
 
     @classmethod
     def build_model(cls, cfg):

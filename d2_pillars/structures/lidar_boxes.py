@@ -35,6 +35,23 @@ def rotation_z(angle: torch.Tensor) -> torch.Tensor:
     return torch.stack([torch.stack([c, -s], -1), torch.stack([s, c], -1)], -2)
 
 
+def _transform_boxes64(t: torch.Tensor, matrix) -> torch.Tensor:
+    """Apply the 4x4 rigid ``matrix`` to a float64 (N, 7|9) box tensor (LiDARBoxes.transform)."""
+    m = torch.as_tensor(np.asarray(matrix), dtype=torch.float64, device=t.device)
+    if m.shape != (4, 4):
+        raise ValueError(f"transform needs a 4x4 matrix, got shape {tuple(m.shape)}")
+    rot, trans = m[:3, :3], m[:3, 3]
+    out = t.clone()
+    out[:, 0:3] = t[:, 0:3] @ rot.T + trans
+    zeros = torch.zeros_like(t[:, 6])
+    heading = torch.stack([torch.cos(t[:, 6]), torch.sin(t[:, 6]), zeros], 1) @ rot.T
+    out[:, 6] = limit_period(torch.atan2(heading[:, 1], heading[:, 0]), 0.5, 2 * math.pi)
+    if t.shape[1] == 9:
+        vel = torch.cat([t[:, 7:9], torch.zeros_like(t[:, 7:8])], dim=1) @ rot.T
+        out[:, 7:9] = vel[:, 0:2]
+    return out
+
+
 class LiDARBoxes:
     """A set of N 3D boxes stored as a float tensor of shape (N, 7) or (N, 9).
 
@@ -259,29 +276,19 @@ class LiDARBoxes:
         return self
 
     # ------------------------------------------------------------------ frame changes
+    def _transformed64(self, matrix) -> torch.Tensor:
+        """The (N, 7|9) float64 tensor of :meth:`transform` (global coordinates need float64)."""
+        return _transform_boxes64(self.tensor.to(torch.float64), matrix)
+
     def transform(self, matrix) -> "LiDARBoxes":
         """Boxes expressed in another frame, given the 4x4 rigid transform ``matrix`` that maps
         points of this frame into the new one (e.g. ``lidar2ego``, ``ego2global``).
 
         Centres are transformed fully; the new yaw is the heading of the rotated box x axis;
-        velocities are rotated (as 3D vectors with vz = 0), never translated. Returns a new object.
+        velocities are rotated (as 3D vectors with vz = 0), never translated. Returns a new object
+        (float32: use :meth:`to_global_records` for float64 global coordinates).
         """
-        m = torch.as_tensor(np.asarray(matrix), dtype=torch.float64, device=self.device)
-        if m.shape != (4, 4):
-            raise ValueError(f"transform needs a 4x4 matrix, got shape {tuple(m.shape)}")
-        rot, trans = m[:3, :3], m[:3, 3]
-        t = self.tensor.to(torch.float64)
-        out = t.clone()
-        out[:, 0:3] = t[:, 0:3] @ rot.T + trans
-        heading = torch.stack(
-            [torch.cos(t[:, 6]), torch.sin(t[:, 6]), torch.zeros_like(t[:, 6])], 1
-        )
-        heading = heading @ rot.T
-        out[:, 6] = torch.atan2(heading[:, 1], heading[:, 0])
-        if self.has_velocity:
-            vel = torch.cat([t[:, 7:9], torch.zeros_like(t[:, 7:8])], dim=1) @ rot.T
-            out[:, 7:9] = vel[:, 0:2]
-        return LiDARBoxes(out.to(self.tensor.dtype)).wrap_yaw()
+        return LiDARBoxes(self._transformed64(matrix).to(self.tensor.dtype)).wrap_yaw()
 
     # ------------------------------------------------------------------ devkit Box conversion
     def to_devkit_boxes(
@@ -352,17 +359,20 @@ class LiDARBoxes:
         cols = [translation, size[:, [1, 0, 2]], yaw[:, None]]
         if velocity_xy is not None:
             cols.append(np.nan_to_num(np.asarray(velocity_xy, dtype=np.float64).reshape(-1, 2)))
-        boxes = LiDARBoxes(torch.from_numpy(np.concatenate(cols, axis=1)).float()).wrap_yaw()
+        t = torch.from_numpy(np.concatenate(cols, axis=1))
         if global_to_frame is not None:
-            boxes = boxes.transform(global_to_frame)
-        return boxes
+            t = _transform_boxes64(t, global_to_frame)  # in float64: global coordinates are large
+        return LiDARBoxes(t.float()).wrap_yaw()
 
     def to_global_records(self, frame_to_global=None) -> dict:
         """Devkit-style arrays of these boxes (optionally moved by the 4x4 ``frame_to_global``):
         ``translation`` (N,3), ``size`` (N,3) ``[w, l, h]``, ``rotation`` (N,4) yaw-only quaternions
-        ``[w, x, y, z]``, ``yaw`` (N,), and ``velocity`` (N,2) for 9-value boxes. float64 numpy."""
-        boxes = self.transform(frame_to_global) if frame_to_global is not None else self
-        t = boxes.tensor.detach().cpu().double().numpy()
+        ``[w, x, y, z]``, ``yaw`` (N,), and ``velocity`` (N,2) for 9-value boxes: float64 numpy,
+        computed in float64 (global coordinates are large: float32 rounds them to ~1e-4 m)."""
+        if frame_to_global is not None:
+            t = self._transformed64(frame_to_global).detach().cpu().numpy()
+        else:
+            t = self.tensor.detach().cpu().double().numpy()
         yaw = t[:, 6]
         out = {
             "translation": t[:, 0:3],
@@ -372,6 +382,6 @@ class LiDARBoxes:
             ),
             "yaw": yaw,
         }
-        if boxes.has_velocity:
+        if self.has_velocity:
             out["velocity"] = t[:, 7:9]
         return out
