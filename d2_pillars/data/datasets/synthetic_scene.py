@@ -1,0 +1,851 @@
+"""A synthetic driving world and a spinning multi-beam LiDAR, simulated with vectorised numpy.
+
+This module knows nothing about dataset formats (``synthetic_writer`` does). It provides:
+
+* :class:`LidarSpec` / :class:`LidarSimulator`: a spinning LiDAR whose rays (``num_beams`` evenly
+  spaced elevations x ``azimuth_steps`` azimuths) are cast all at once against a horizontal
+  ground plane and oriented boxes (slab method in each box frame); the nearest hit wins and gets a
+  small Gaussian range noise.
+* :class:`World`: one scene: a gently curving road, an ego vehicle driving along it, annotated
+  objects of every detection class (moving along lanes and sidewalks, or parked / standing) and
+  unannotated background boxes (buildings, poles). Every pose is a closed-form function of time,
+  so annotations, sweeps and keyframes agree at any timestamp.
+* Quaternion helpers (``[w, x, y, z]``, the devkits' order).
+
+Frames: the world frame is the dataset's global frame (metres, z up). Boxes are ``(centre (3,),
+wlh (3,), yaw)`` with the geometric centre, ``wlh = [w, l, h]`` as in nuScenes/Lyft (``l`` along
+the heading) and yaw about +z. Sizes are kept at millimetre resolution so that the boxes written
+to the annotation tables are exactly the boxes the rays were cast against.
+"""
+
+import numpy as np
+
+import dataclasses
+import math
+from typing import Dict, NamedTuple, Optional, Sequence, Tuple
+
+__all__ = [
+    "LidarSpec",
+    "LidarSimulator",
+    "ScanResult",
+    "ObjectKind",
+    "OBJECT_KINDS",
+    "KIND_NAMES",
+    "MOVING",
+    "STOPPED",
+    "PARKED",
+    "STANDING",
+    "SITTING",
+    "STATIC",
+    "WorldSpec",
+    "World",
+    "build_world",
+    "quaternion_from_ypr",
+    "quaternion_to_matrix",
+    "count_points_in_boxes",
+]
+
+
+# ------------------------------------------------------------------------------------------- #
+# Rotations
+# ------------------------------------------------------------------------------------------- #
+def quaternion_from_ypr(yaw, pitch=0.0, roll=0.0) -> np.ndarray:
+    """Quaternions ``[w, x, y, z]`` of ``Rz(yaw) @ Ry(pitch) @ Rx(roll)`` (radians).
+
+    Inputs broadcast; the result has shape ``broadcast_shape + (4,)``, float64, with ``w >= 0``.
+    """
+    yaw, pitch, roll = np.broadcast_arrays(
+        *(np.asarray(v, dtype=np.float64) for v in (yaw, pitch, roll))
+    )
+    cy, sy = np.cos(yaw / 2), np.sin(yaw / 2)
+    cp, sp = np.cos(pitch / 2), np.sin(pitch / 2)
+    cr, sr = np.cos(roll / 2), np.sin(roll / 2)
+    q = np.stack(
+        [
+            cy * cp * cr + sy * sp * sr,
+            cy * cp * sr - sy * sp * cr,
+            cy * sp * cr + sy * cp * sr,
+            sy * cp * cr - cy * sp * sr,
+        ],
+        axis=-1,
+    )
+    q /= np.linalg.norm(q, axis=-1, keepdims=True)
+    return np.where(q[..., :1] < 0, -q, q)
+
+
+def quaternion_to_matrix(q) -> np.ndarray:
+    """Rotation matrices ``(..., 3, 3)`` of quaternions ``(..., 4)`` ``[w, x, y, z]`` (any norm)."""
+    q = np.asarray(q, dtype=np.float64)
+    q = q / np.linalg.norm(q, axis=-1, keepdims=True)
+    w, x, y, z = np.moveaxis(q, -1, 0)
+    return np.stack(
+        [
+            np.stack([1 - 2 * (y * y + z * z), 2 * (x * y - z * w), 2 * (x * z + y * w)], -1),
+            np.stack([2 * (x * y + z * w), 1 - 2 * (x * x + z * z), 2 * (y * z - x * w)], -1),
+            np.stack([2 * (x * z - y * w), 2 * (y * z + x * w), 1 - 2 * (x * x + y * y)], -1),
+        ],
+        axis=-2,
+    )
+
+
+# ------------------------------------------------------------------------------------------- #
+# LiDAR
+# ------------------------------------------------------------------------------------------- #
+@dataclasses.dataclass(frozen=True)
+class LidarSpec:
+    """A spinning LiDAR: ``num_beams`` beams at evenly spaced elevations, ``azimuth_steps`` firings
+    per revolution. Ring index ``b`` is the ``b``-th lowest beam. Ranges in metres."""
+
+    num_beams: int
+    elevation_deg: Tuple[float, float]
+    azimuth_steps: int
+    max_range: float
+    min_range: float = 1.0
+    range_noise_std: float = 0.02
+
+    def __post_init__(self):
+        if self.num_beams < 1 or self.azimuth_steps < 8:
+            raise ValueError(f"LidarSpec needs num_beams >= 1 and azimuth_steps >= 8, got {self}")
+        lo, hi = self.elevation_deg
+        if not -90.0 < lo <= hi < 90.0:
+            raise ValueError(
+                f"LidarSpec.elevation_deg must satisfy -90 < min <= max < 90, got {self}"
+            )
+        if not 0.0 <= self.min_range < self.max_range:
+            raise ValueError(f"LidarSpec needs 0 <= min_range < max_range, got {self}")
+
+    @property
+    def num_rays(self) -> int:
+        return self.num_beams * self.azimuth_steps
+
+    @property
+    def elevations(self) -> np.ndarray:
+        """(num_beams,) float64 radians, ascending."""
+        return np.deg2rad(np.linspace(*self.elevation_deg, self.num_beams))
+
+
+class ScanResult(NamedTuple):
+    """Result of :meth:`LidarSimulator.scan`; every array is indexed by ray unless noted.
+
+    ``range``: (R,) float32 noise-free distance to the nearest hit, ``inf`` if none within range.
+    ``hit``: (R,) int32 index of the box hit, ``-1`` ground, ``-2`` nothing.
+    ``directions``: (R, 3) float32 unit ray directions in the sensor frame.
+    ``pair_ray``, ``pair_box``: (P,) int64 candidate (ray, box) pairs: every ray whose direction
+    can meet the box (a superset of the rays that do).
+    ``pair_range``: (P,) float32 distance at which the ray enters the box, ``inf`` if it misses it
+    (occlusion ignored).
+    """
+
+    range: np.ndarray
+    hit: np.ndarray
+    directions: np.ndarray
+    pair_ray: np.ndarray
+    pair_box: np.ndarray
+    pair_range: np.ndarray
+
+
+class LidarSimulator:
+    """Casts every ray of one LiDAR revolution at once (a revolution is instantaneous)."""
+
+    def __init__(self, spec: LidarSpec):
+        self.spec = spec
+        self._elev = spec.elevations
+        self._cos_e = np.cos(self._elev)
+        self._sin_e = np.sin(self._elev)
+        self._dazi = 2.0 * math.pi / spec.azimuth_steps
+
+    def directions(self, azimuth_offset: float) -> np.ndarray:
+        """(R, 3) float64 unit directions in the sensor frame; ray ``a * num_beams + b`` has azimuth
+        ``azimuth_offset + a * 2 pi / azimuth_steps`` and ring ``b``."""
+        azi = azimuth_offset + self._dazi * np.arange(self.spec.azimuth_steps)
+        ca, sa = np.cos(azi)[:, None], np.sin(azi)[:, None]
+        d = np.stack(
+            [
+                ca * self._cos_e,
+                sa * self._cos_e,
+                np.broadcast_to(self._sin_e, ca.shape[:1] + self._sin_e.shape),
+            ],
+            axis=-1,
+        )
+        return d.reshape(-1, 3)
+
+    def _candidate_pairs(self, azimuth_offset, sensor_rotation, sensor_origin, centers, wlh, yaw):
+        """Conservative (ray, box) candidates from each box's angular extent in the sensor frame."""
+        spec = self.spec
+        num_a, num_b = spec.azimuth_steps, spec.num_beams
+        corners = box_corners(centers, wlh, yaw)  # (K, 8, 3) world
+        local = (corners - sensor_origin) @ sensor_rotation  # world -> sensor: R^T (p - o)
+        ctr = (centers - sensor_origin) @ sensor_rotation
+        d_xy = np.hypot(ctr[:, 0], ctr[:, 1])
+        r_bev = np.max(
+            np.hypot(local[..., 0] - ctr[:, None, 0], local[..., 1] - ctr[:, None, 1]), axis=1
+        )
+        outside = d_xy > r_bev + 1e-6
+        # Azimuth interval from the corners, relative to the centre azimuth (valid when outside).
+        phi_c = np.arctan2(ctr[:, 1], ctr[:, 0])
+        rel = np.arctan2(local[..., 1], local[..., 0]) - phi_c[:, None]
+        rel = (rel + math.pi) % (2 * math.pi) - math.pi
+        a_lo = np.floor((phi_c + rel.min(1) - azimuth_offset) / self._dazi).astype(np.int64) - 1
+        a_hi = np.ceil((phi_c + rel.max(1) - azimuth_offset) / self._dazi).astype(np.int64) + 1
+        n_a = np.where(outside, np.minimum(a_hi - a_lo + 1, num_a), num_a)
+        a_lo = np.where(outside, a_lo, 0) % num_a
+        # Elevation interval: highest z over the nearest horizontal distance, and so on.
+        z_lo, z_hi = local[..., 2].min(1), local[..., 2].max(1)
+        rho_min = np.maximum(d_xy - r_bev, 1e-3)
+        rho_max = d_xy + r_bev
+        e_hi = np.arctan2(z_hi, np.where(z_hi > 0, rho_min, rho_max))
+        e_lo = np.arctan2(z_lo, np.where(z_lo < 0, rho_min, rho_max))
+        b_lo = np.searchsorted(self._elev, e_lo - 1e-9, side="left")
+        b_hi = np.searchsorted(self._elev, e_hi + 1e-9, side="right")
+        n_b = np.maximum(b_hi - b_lo, 0)
+        n = n_a * n_b
+        box = np.repeat(np.arange(len(centers)), n)
+        first = np.cumsum(n) - n
+        k = np.arange(box.size) - first[box]
+        a = (a_lo[box] + k // n_b[box]) % num_a
+        b = b_lo[box] + k % n_b[box]
+        return a * num_b + b, box
+
+    def scan(
+        self,
+        azimuth_offset: float,
+        sensor_rotation: np.ndarray,
+        sensor_origin: np.ndarray,
+        centers: np.ndarray,
+        wlh: np.ndarray,
+        yaw: np.ndarray,
+        ground_z: float,
+    ) -> ScanResult:
+        """Cast one revolution.
+
+        Args:
+            azimuth_offset: azimuth of the first firing (rad, sensor frame).
+            sensor_rotation: (3, 3) sensor-to-world rotation.
+            sensor_origin: (3,) sensor position in the world.
+            centers, wlh, yaw: (K, 3), (K, 3), (K,) boxes in the world frame (see module doc).
+            ground_z: height of the horizontal ground plane in the world frame.
+        """
+        spec = self.spec
+        dirs = self.directions(azimuth_offset)
+        dirs_w = (dirs @ sensor_rotation.T).astype(np.float32)
+        oz = float(sensor_origin[2])
+        with np.errstate(divide="ignore", invalid="ignore"):
+            t_ground = np.where(dirs_w[:, 2] < 0, (ground_z - oz) / dirs_w[:, 2], np.inf).astype(
+                np.float32
+            )
+        best = np.where(t_ground <= spec.max_range, t_ground, np.float32(np.inf))
+        hit = np.where(np.isfinite(best), -1, -2).astype(np.int32)
+
+        if len(centers):
+            pair_ray, pair_box = self._candidate_pairs(
+                azimuth_offset, sensor_rotation, sensor_origin, centers, wlh, yaw
+            )
+        else:
+            pair_ray = pair_box = np.zeros(0, np.int64)
+        pair_t = np.full(pair_ray.shape, np.inf, np.float32)
+        if pair_ray.size:
+            c, s = np.cos(yaw), np.sin(yaw)
+            rel = sensor_origin - centers  # (K, 3) origin relative to each box, world axes
+            o_box = np.stack(
+                [c * rel[:, 0] + s * rel[:, 1], -s * rel[:, 0] + c * rel[:, 1], rel[:, 2]], 1
+            )
+            # Box-frame half extents: x along l, y along w, z along h.
+            half = 0.5 * wlh[:, [1, 0, 2]]
+            o_box, half = o_box.astype(np.float32), half.astype(np.float32)
+            cb, sb = c.astype(np.float32)[pair_box], s.astype(np.float32)[pair_box]
+            d = dirs_w[pair_ray]
+            d_box = (cb * d[:, 0] + sb * d[:, 1], -sb * d[:, 0] + cb * d[:, 1], d[:, 2])
+            t_near = np.full(pair_ray.shape, -np.inf, np.float32)
+            t_far = np.full(pair_ray.shape, np.inf, np.float32)
+            with np.errstate(divide="ignore", invalid="ignore"):
+                for axis in range(3):
+                    inv = np.float32(1.0) / d_box[axis]
+                    o = o_box[pair_box, axis]
+                    h = half[pair_box, axis]
+                    t1 = (-h - o) * inv
+                    t2 = (h - o) * inv
+                    np.maximum(t_near, np.minimum(t1, t2), out=t_near)
+                    np.minimum(t_far, np.maximum(t1, t2), out=t_far)
+            ok = (t_near <= t_far) & (t_near > 0) & (t_near <= spec.max_range)
+            pair_t[ok] = t_near[ok]
+            hr, hb, ht = pair_ray[ok], pair_box[ok], t_near[ok]
+            np.minimum.at(best, hr, ht)
+            win = ht == best[hr]
+            hit[hr[win]] = hb[win]
+        return ScanResult(best, hit, dirs.astype(np.float32), pair_ray, pair_box, pair_t)
+
+
+def box_corners(centers, wlh, yaw) -> np.ndarray:
+    """(K, 8, 3) corners of yaw-only boxes (world frame); any corner order."""
+    sign = np.array([[1, 1, 1], [1, -1, 1], [-1, -1, 1], [-1, 1, 1]] * 2, np.float64)
+    sign[4:, 2] = -1
+    half = 0.5 * np.asarray(wlh, np.float64)[:, [1, 0, 2]]
+    local = sign[None] * half[:, None]  # (K, 8, 3) in the box frame
+    c, s = np.cos(yaw)[:, None], np.sin(yaw)[:, None]
+    x = c * local[..., 0] - s * local[..., 1]
+    y = s * local[..., 0] + c * local[..., 1]
+    return np.stack([x, y, local[..., 2]], -1) + np.asarray(centers, np.float64)[:, None]
+
+
+def count_points_in_boxes(
+    points_world, pair_point, pair_box, centers, wlh, yaw, num_boxes, eps=1e-3
+):
+    """Count points inside boxes over candidate (point, box) pairs, in float64.
+
+    Returns ``(counts (num_boxes,) int64, ambiguous (P,) bool)`` for ``points_world (P, 3)``; a
+    point is *ambiguous* when it lies within ``eps`` metres of a face of a candidate box: another
+    evaluation (the devkits move points to the global frame in float32, about 2e-4 m resolution
+    at 3 km) could flip its inside/outside answer, so callers drop such points.
+    """
+    rel = points_world[pair_point] - centers[pair_box]
+    c, s = np.cos(yaw[pair_box]), np.sin(yaw[pair_box])
+    local = np.stack([c * rel[:, 0] + s * rel[:, 1], -s * rel[:, 0] + c * rel[:, 1], rel[:, 2]], 1)
+    margin = np.min(0.5 * wlh[pair_box][:, [1, 0, 2]] - np.abs(local), axis=1)
+    ambiguous = np.zeros(len(points_world), bool)
+    ambiguous[pair_point[np.abs(margin) < eps]] = True
+    inside = (margin >= eps) & ~ambiguous[pair_point]
+    return np.bincount(pair_box[inside], minlength=num_boxes).astype(np.int64), ambiguous
+
+
+# ------------------------------------------------------------------------------------------- #
+# Objects
+# ------------------------------------------------------------------------------------------- #
+@dataclasses.dataclass(frozen=True)
+class ObjectKind:
+    """A kind of object: mean size ``[w, l, h]`` (m, ``l`` along the heading), its spread, and the
+    mean LiDAR intensity of its returns (0-255). Background kinds are not annotated."""
+
+    name: str
+    wlh: Tuple[float, float, float]
+    wlh_std: Tuple[float, float, float]
+    reflectivity: float
+    annotated: bool = True
+
+
+# Sizes: close to the nuScenes class means (barrier: long side is w, as annotated in nuScenes).
+OBJECT_KINDS: Dict[str, ObjectKind] = {
+    k.name: k
+    for k in (
+        ObjectKind("car", (1.95, 4.62, 1.73), (0.10, 0.30, 0.15), 30.0),
+        ObjectKind("truck", (2.51, 6.93, 2.84), (0.15, 1.00, 0.35), 35.0),
+        ObjectKind("bus", (2.94, 10.50, 3.47), (0.08, 1.00, 0.15), 40.0),
+        ObjectKind("trailer", (2.90, 12.29, 3.87), (0.08, 1.50, 0.25), 35.0),
+        ObjectKind("construction_vehicle", (2.73, 6.37, 3.19), (0.15, 0.80, 0.30), 45.0),
+        ObjectKind("pedestrian", (0.67, 0.73, 1.77), (0.07, 0.08, 0.10), 12.0),
+        ObjectKind("motorcycle", (0.77, 2.11, 1.47), (0.06, 0.12, 0.08), 25.0),
+        ObjectKind("bicycle", (0.60, 1.70, 1.28), (0.05, 0.10, 0.07), 20.0),
+        ObjectKind("traffic_cone", (0.41, 0.41, 1.07), (0.04, 0.04, 0.10), 90.0),
+        ObjectKind("barrier", (2.49, 0.48, 0.98), (0.15, 0.05, 0.05), 60.0),
+        ObjectKind("animal", (0.36, 0.80, 0.65), (0.05, 0.12, 0.10), 10.0),
+        ObjectKind("pushable_pullable", (0.62, 0.80, 1.05), (0.08, 0.10, 0.10), 25.0),
+        ObjectKind("emergency_vehicle", (2.05, 5.00, 1.95), (0.08, 0.25, 0.10), 50.0),
+        ObjectKind("building", (10.0, 15.0, 10.0), (0.0, 0.0, 0.0), 15.0, annotated=False),
+        ObjectKind("pole", (0.35, 0.35, 6.0), (0.05, 0.05, 1.0), 40.0, annotated=False),
+    )
+}
+KIND_NAMES: Tuple[str, ...] = tuple(OBJECT_KINDS)
+_KIND_INDEX = {n: i for i, n in enumerate(KIND_NAMES)}
+_REFLECTIVITY = np.array([OBJECT_KINDS[n].reflectivity for n in KIND_NAMES], np.float32)
+GROUND_REFLECTIVITY = 8.0
+
+# Object states (decide the attributes written by the dataset writers).
+MOVING, STOPPED, PARKED, STANDING, SITTING, STATIC = range(6)
+
+
+@dataclasses.dataclass(frozen=True)
+class WorldSpec:
+    """What a scene contains. Mixes are ``{kind: weight}``; a kind missing from a mix never appears
+    there. Lateral offsets are from the road centreline (left positive); the ego drives in the lane
+    at ``-1.75`` m in the direction of increasing arc length."""
+
+    ground_z_range: Tuple[float, float] = (0.0, 0.0)
+    ego_roll_pitch_deg: float = 0.5
+    ego_speed_range: Tuple[float, float] = (2.0, 10.0)
+    ego_stationary_prob: float = 0.1
+    max_curvature: float = 0.005
+    lane_mix: Dict[str, float] = dataclasses.field(
+        default_factory=lambda: {
+            "car": 0.78,
+            "truck": 0.1,
+            "bus": 0.05,
+            "motorcycle": 0.05,
+            "emergency_vehicle": 0.02,
+        }
+    )
+    cycle_mix: Dict[str, float] = dataclasses.field(
+        default_factory=lambda: {"bicycle": 0.7, "motorcycle": 0.3}
+    )
+    parking_mix: Dict[str, float] = dataclasses.field(
+        default_factory=lambda: {
+            "car": 0.78,
+            "truck": 0.07,
+            "trailer": 0.04,
+            "construction_vehicle": 0.03,
+            "emergency_vehicle": 0.02,
+            "bicycle": 0.03,
+            "motorcycle": 0.03,
+        }
+    )
+    work_zone_mix: Dict[str, float] = dataclasses.field(
+        default_factory=lambda: {"barrier": 0.7, "traffic_cone": 0.3}
+    )
+    work_zone_prob: float = 0.3
+    walker_mix: Dict[str, float] = dataclasses.field(
+        default_factory=lambda: {"pedestrian": 0.97, "animal": 0.03}
+    )
+    sidewalk_static_mix: Dict[str, float] = dataclasses.field(
+        default_factory=lambda: {
+            "pedestrian": 0.6,
+            "bicycle": 0.15,
+            "traffic_cone": 0.1,
+            "pushable_pullable": 0.1,
+            "animal": 0.05,
+        }
+    )
+    annotation_radius: float = 60.0
+
+
+def _sample_kinds(rng, mix: Dict[str, float], n: int) -> np.ndarray:
+    names = [k for k, w in mix.items() if w > 0]
+    if not names or n == 0:
+        return np.zeros(0, np.int64)
+    p = np.array([mix[k] for k in names], np.float64)
+    idx = rng.choice(len(names), size=n, p=p / p.sum())
+    return np.array([_KIND_INDEX[k] for k in names], np.int64)[idx]
+
+
+def _sample_wlh(rng, kinds: np.ndarray) -> np.ndarray:
+    mean = np.array([OBJECT_KINDS[KIND_NAMES[k]].wlh for k in kinds], np.float64).reshape(-1, 3)
+    std = np.array([OBJECT_KINDS[KIND_NAMES[k]].wlh_std for k in kinds], np.float64).reshape(-1, 3)
+    wlh = mean + std * np.clip(rng.standard_normal(mean.shape), -2.0, 2.0)
+    return np.round(np.maximum(wlh, 0.1), 3)
+
+
+@dataclasses.dataclass
+class _Rows:
+    """Objects being collected, one array per field (see :class:`World`)."""
+
+    fields: Dict[str, list] = dataclasses.field(
+        default_factory=lambda: {k: [] for k in _OBJECT_FIELDS}
+    )
+
+    def add(self, **kw):
+        n = len(kw["kind"])
+        for k in _OBJECT_FIELDS:
+            self.fields[k].append(
+                np.broadcast_to(np.asarray(kw[k]), (n,) + np.shape(kw[k])[1:]).copy()
+            )
+
+    def arrays(self):
+        return {k: np.concatenate(v) if v else np.zeros(0) for k, v in self.fields.items()}
+
+
+_OBJECT_FIELDS = ("kind", "wlh", "s0", "lateral", "direction", "speed", "yaw_offset", "state")
+
+
+class World:
+    """One scene: road, ego motion and objects; all poses are functions of time ``t`` (s).
+
+    Objects move along the road: at time ``t`` object ``i`` is at arc length
+    ``s0[i] + direction[i] * speed[i] * t``, offset ``lateral[i]`` to the left of the centreline,
+    with heading ``road_heading + yaw_offset[i]``. Per-object arrays (N,): ``kind`` (index into
+    :data:`KIND_NAMES`), ``wlh`` (N, 3), ``s0``, ``lateral``, ``direction`` (+-1), ``speed``
+    (m/s), ``yaw_offset``, ``state`` (MOVING, ...), ``annotated``.
+    """
+
+    def __init__(
+        self,
+        *,
+        ground_z,
+        origin,
+        heading0,
+        curv_amp,
+        curv_period,
+        curv_phase,
+        s_range,
+        ego_times,
+        ego_s,
+        ego_lateral,
+        ego_roll_pitch,
+        objects,
+    ):
+        self.ground_z = float(ground_z)
+        self._origin = np.asarray(origin, np.float64)
+        self._h0, self._ka, self._kp, self._kphi = heading0, curv_amp, curv_period, curv_phase
+        s = np.arange(s_range[0], s_range[1] + 0.25, 0.25)
+        th = self.road_heading(s)
+        step = np.stack([np.cos(th), np.sin(th)], 1)
+        seg = 0.5 * (step[1:] + step[:-1]) * 0.25
+        xy = np.concatenate([np.zeros((1, 2)), np.cumsum(seg, 0)], 0)
+        xy -= np.array([np.interp(0.0, s, xy[:, 0]), np.interp(0.0, s, xy[:, 1])])
+        self._s, self._xy = s, xy + self._origin
+        self._ego_t, self._ego_s, self.ego_lateral = ego_times, ego_s, ego_lateral
+        # (roll_amp, roll_period, roll_phase, pitch_amp, pitch_period, pitch_phase)
+        self._rp = ego_roll_pitch
+        for k, v in objects.items():
+            setattr(self, k, v)
+        self.kind = self.kind.astype(np.int64)
+        self.state = self.state.astype(np.int64)
+        self.annotated = np.array([OBJECT_KINDS[KIND_NAMES[k]].annotated for k in self.kind], bool)
+
+    def __len__(self):
+        return len(self.kind)
+
+    def road_heading(self, s):
+        if self._ka == 0:
+            return np.full(np.shape(s), self._h0)
+        w = 2 * math.pi / self._kp
+        return self._h0 - self._ka / w * (
+            np.cos(w * np.asarray(s) + self._kphi) - math.cos(self._kphi)
+        )
+
+    def road_pose(self, s, lateral):
+        """Positions (..., 2) and headings (...) at arc length ``s``, ``lateral`` m to the left."""
+        s = np.asarray(s, np.float64)
+        if s.size and (s.min() < self._s[0] or s.max() > self._s[-1]):
+            raise ValueError("synthetic world: arc length outside the generated road")
+        th = self.road_heading(s)
+        x = np.interp(s, self._s, self._xy[:, 0]) - lateral * np.sin(th)
+        y = np.interp(s, self._s, self._xy[:, 1]) + lateral * np.cos(th)
+        return np.stack([x, y], -1), th
+
+    def ego_pose(self, t) -> Tuple[np.ndarray, np.ndarray]:
+        """Ego translations (T, 3) and quaternions (T, 4) at times ``t`` (T,)."""
+        t = np.atleast_1d(np.asarray(t, np.float64))
+        s = np.interp(t, self._ego_t, self._ego_s)
+        xy, yaw = self.road_pose(s, self.ego_lateral)
+        ra, rp, rphi, pa, pp, pphi = self._rp
+        roll = ra * np.sin(2 * math.pi * t / rp + rphi)
+        pitch = pa * np.sin(2 * math.pi * t / pp + pphi)
+        trans = np.concatenate([xy, np.full((len(t), 1), self.ground_z)], 1)
+        return trans, quaternion_from_ypr(yaw, pitch, roll)
+
+    def boxes_at(self, t: float) -> Tuple[np.ndarray, np.ndarray]:
+        """Centres (N, 3) and yaws (N,) of every object at time ``t``; sizes are ``self.wlh``."""
+        s = self.s0 + self.direction * self.speed * t
+        xy, th = self.road_pose(s, self.lateral)
+        z = self.ground_z + 0.5 * self.wlh[:, 2]
+        yaw = (th + self.yaw_offset + math.pi) % (2 * math.pi) - math.pi
+        return np.concatenate([xy, z[:, None]], 1), yaw
+
+    def reflectivity(self, hit: np.ndarray, box_index: np.ndarray) -> np.ndarray:
+        """Mean intensity per ray; ``hit`` indexes the box subset ``box_index`` (-1: ground)."""
+        table = np.append(_REFLECTIVITY[self.kind[box_index]], np.float32(GROUND_REFLECTIVITY))
+        # -1 (ground) reads the last entry; -2 (no return) reads any entry and is dropped later.
+        return table[hit]
+
+
+def _row(
+    rng,
+    s_lo,
+    s_hi,
+    kinds,
+    gap,
+    along,
+    lateral_of,
+    *,
+    direction=1.0,
+    speed=0.0,
+    yaw_offset=0.0,
+    state=STATIC,
+    side=1.0,
+    max_curvature=0.0,
+    wlh=None,
+):
+    """Objects in a row along the road between arc lengths ``s_lo`` and ``s_hi`` without overlap.
+
+    ``along(wlh) -> (n,)`` extent along the road; ``lateral_of(wlh) -> (n,)`` unsigned offset;
+    ``gap = (min, max)`` free space between neighbours. Extents are scaled for the curvature at the
+    row's offset so that neighbours cannot overlap on the inside of a bend.
+    """
+    n = len(kinds)
+    if n == 0:
+        return None
+    wlh = _sample_wlh(rng, kinds) if wlh is None else wlh
+    ext = along(wlh)
+    lat = lateral_of(wlh)
+    ext = ext / max(1.0 - max_curvature * (np.abs(lat).max() + 3.0), 0.5)
+    gaps = rng.uniform(*gap, size=n)
+    pitch = 0.5 * ext + gaps + np.concatenate([[0.0], 0.5 * ext[:-1]])
+    s = s_lo + rng.uniform(0, gap[1]) + np.cumsum(pitch)
+    keep = s + 0.5 * ext <= s_hi
+    if not keep.any():
+        return None
+    per_object = dict(direction=direction, speed=speed, yaw_offset=yaw_offset, state=state)
+    per_object = {k: np.asarray(v)[keep] if np.ndim(v) else v for k, v in per_object.items()}
+    return dict(kind=kinds[keep], wlh=wlh[keep], s0=s[keep], lateral=side * lat[keep], **per_object)
+
+
+def _n_for(length, min_pitch):
+    return int(max(length, 0.0) / min_pitch) + 2
+
+
+def build_world(
+    rng: np.random.Generator,
+    spec: WorldSpec,
+    duration: float,
+    origin: Sequence[float],
+    max_sensor_range: float,
+) -> World:
+    """Build one scene lasting ``duration`` seconds; the road passes through ``origin`` (x, y).
+
+    Objects are generated wherever they could come within ``max(annotation_radius,
+    max_sensor_range)`` of the ego during the scene.
+    """
+    ground_z = rng.uniform(*spec.ground_z_range)
+    # Ego speed profile along the road, integrated on a fine time grid.
+    t = np.arange(-0.5, duration + 0.5, 0.005)
+    if rng.uniform() < spec.ego_stationary_prob:
+        v = np.zeros_like(t)
+    else:
+        v_mean = rng.uniform(*spec.ego_speed_range)
+        v = np.maximum(
+            v_mean
+            + rng.uniform(0, 0.25 * v_mean)
+            * np.sin(2 * math.pi * t / rng.uniform(6, 20) + rng.uniform(0, 2 * math.pi)),
+            0.0,
+        )
+    ego_s = np.concatenate([[0.0], np.cumsum(0.5 * (v[1:] + v[:-1]) * 0.005)])
+    ego_s -= np.interp(0.0, t, ego_s)
+    s_ego_lo, s_ego_hi = float(ego_s.min()), float(ego_s.max())
+    reach = max(spec.annotation_radius, max_sensor_range) + 40.0
+    win_lo, win_hi = s_ego_lo - reach, s_ego_hi + reach
+    kmax = spec.max_curvature
+
+    rows = _Rows()
+
+    def add(r):
+        if r is not None:
+            rows.add(**r)
+
+    along_l = lambda w: w[:, 1]  # noqa: E731  heading along the road
+    # Moving lanes (right-hand traffic; the ego lane at -1.75 stays free of other traffic).
+    for lat, direction in ((-5.25, 1.0), (1.75, -1.0), (5.25, -1.0)):
+        stopped = rng.uniform() < 0.2
+        speed = 0.0 if stopped else rng.uniform(4.0, 14.0)
+        lo, hi = win_lo - speed * duration, win_hi + speed * duration
+        gap = (1.5, 4.0) if stopped else (10.0, 60.0)
+        kinds = _sample_kinds(rng, spec.lane_mix, _n_for(hi - lo, 3.0 + gap[0]))
+        add(
+            _row(
+                rng,
+                lo,
+                hi,
+                kinds,
+                gap,
+                along_l,
+                lambda w, a=abs(lat): np.full(len(w), a),
+                direction=direction,
+                speed=speed,
+                yaw_offset=0.0 if direction > 0 else math.pi,
+                state=STOPPED if stopped else MOVING,
+                side=np.sign(lat),
+                max_curvature=kmax,
+            )
+        )
+    # Cycle lanes.
+    for side, direction in ((-1.0, 1.0), (1.0, -1.0)):
+        speed = rng.uniform(3.0, 7.0)
+        lo, hi = win_lo - speed * duration, win_hi + speed * duration
+        kinds = _sample_kinds(rng, spec.cycle_mix, _n_for(hi - lo, 12.0))
+        add(
+            _row(
+                rng,
+                lo,
+                hi,
+                kinds,
+                (10.0, 80.0),
+                along_l,
+                lambda w: np.full(len(w), 7.5),
+                direction=direction,
+                speed=speed,
+                yaw_offset=0.0 if direction > 0 else math.pi,
+                state=MOVING,
+                side=side,
+                max_curvature=kmax,
+            )
+        )
+    # Parking strips (8.0 .. 11.0 m): parking segments, work zones and empty stretches.
+    for side in (-1.0, 1.0):
+        s = win_lo
+        while s < win_hi:
+            seg = rng.uniform(20.0, 70.0)
+            u = rng.uniform()
+            if u < spec.work_zone_prob:
+                kinds = _sample_kinds(rng, spec.work_zone_mix, _n_for(seg, 0.5))
+                if kinds.size:
+                    wlh = _sample_wlh(rng, kinds)
+                    across = np.isin(kinds, [_KIND_INDEX["barrier"]])  # heading across the road
+                    yaw_off = np.where(across, math.pi / 2, 0.0) + rng.choice(
+                        [0.0, math.pi], len(kinds)
+                    )
+                    add(
+                        _row(
+                            rng,
+                            s,
+                            s + seg,
+                            kinds,
+                            (0.05, 0.6),
+                            lambda w, a=across: np.where(a, w[:, 0], w[:, 1]),
+                            lambda w, a=across: 8.2 + 0.5 * np.where(a, w[:, 1], w[:, 0]),
+                            yaw_offset=yaw_off,
+                            side=side,
+                            max_curvature=kmax,
+                            wlh=wlh,
+                        )
+                    )
+            elif u < spec.work_zone_prob + 0.5:
+                kinds = _sample_kinds(rng, spec.parking_mix, _n_for(seg, 2.0))
+                yaw_off = rng.choice([0.0, math.pi], len(kinds)) + rng.normal(0, 0.02, len(kinds))
+                add(
+                    _row(
+                        rng,
+                        s,
+                        s + seg,
+                        kinds,
+                        (0.8, 6.0),
+                        along_l,
+                        lambda w: 8.05 + 0.5 * w[:, 0] + 0.1,
+                        yaw_offset=yaw_off,
+                        state=PARKED,
+                        side=side,
+                        max_curvature=kmax,
+                    )
+                )
+            s += seg
+    # Sidewalks: walkers on two sub-lanes, a row of standing people and things, poles.
+    for side in (-1.0, 1.0):
+        for lat in (11.8, 12.8):
+            direction = rng.choice([-1.0, 1.0])
+            speed = rng.uniform(0.9, 1.6)
+            lo, hi = win_lo - speed * duration, win_hi + speed * duration
+            kinds = _sample_kinds(rng, spec.walker_mix, _n_for(hi - lo, 6.5))
+            yaw0 = 0.0 if direction > 0 else math.pi
+            add(
+                _row(
+                    rng,
+                    lo,
+                    hi,
+                    kinds,
+                    (6.0, 70.0),
+                    lambda w: np.maximum(w[:, 1], w[:, 0]),
+                    lambda w, a=lat: np.full(len(w), a),
+                    direction=direction,
+                    speed=speed,
+                    yaw_offset=yaw0,
+                    state=MOVING,
+                    side=side,
+                    max_curvature=kmax,
+                )
+            )
+        kinds = _sample_kinds(rng, spec.sidewalk_static_mix, _n_for(win_hi - win_lo, 2.5))
+        state = np.where(
+            kinds == _KIND_INDEX["pedestrian"],
+            np.where(rng.uniform(size=len(kinds)) < 0.1, SITTING, STANDING),
+            np.where(np.isin(kinds, [_KIND_INDEX["bicycle"]]), PARKED, STATIC),
+        )
+        add(
+            _row(
+                rng,
+                win_lo,
+                win_hi,
+                kinds,
+                (2.0, 40.0),
+                lambda w: np.hypot(w[:, 0], w[:, 1]),
+                lambda w: np.full(len(w), 14.0),
+                yaw_offset=rng.uniform(-math.pi, math.pi, len(kinds)),
+                state=state,
+                side=side,
+                max_curvature=kmax,
+            )
+        )
+        kinds = np.full(_n_for(win_hi - win_lo, 12.0), _KIND_INDEX["pole"])
+        add(
+            _row(
+                rng,
+                win_lo,
+                win_hi,
+                kinds,
+                (12.0, 35.0),
+                lambda w: w[:, 1],
+                lambda w: np.full(len(w), 14.75),
+                side=side,
+                max_curvature=kmax,
+            )
+        )
+        # Buildings: near face 15.2 .. 19 m from the centreline.
+        n = _n_for(win_hi - win_lo, 8.0)
+        kinds = np.full(n, _KIND_INDEX["building"])
+        depth = rng.uniform(8.0, 15.0, n)
+        wlh = np.round(
+            np.stack([depth, rng.uniform(8.0, 30.0, n), rng.uniform(4.0, 25.0, n)], 1), 3
+        )
+        near = rng.uniform(15.2, 19.0, n)
+        add(
+            _row(
+                rng,
+                win_lo,
+                win_hi,
+                kinds,
+                (0.0, 10.0),
+                lambda w: w[:, 1],
+                lambda w, nr=near: nr[: len(w)] + 0.5 * w[:, 0],
+                side=side,
+                max_curvature=kmax,
+                wlh=wlh,
+            )
+        )
+
+    objects = rows.arrays()
+    objects["wlh"] = objects["wlh"].reshape(-1, 3).astype(np.float64)
+    objects["yaw_offset"] = objects["yaw_offset"].astype(np.float64)
+    for key in ("s0", "lateral", "direction", "speed"):
+        objects[key] = objects[key].astype(np.float64)
+    s_all = objects["s0"][:, None] + (objects["direction"] * objects["speed"])[:, None] * np.array(
+        [0.0, duration]
+    )
+    s_range = (
+        min(win_lo, s_all.min(initial=0.0)) - 20.0,
+        max(win_hi, s_all.max(initial=0.0)) + 20.0,
+    )
+    roll_pitch = (
+        math.radians(spec.ego_roll_pitch_deg) * rng.uniform(0.3, 1.0),
+        rng.uniform(3.0, 9.0),
+        rng.uniform(0, 2 * math.pi),
+        math.radians(spec.ego_roll_pitch_deg) * rng.uniform(0.3, 1.0),
+        rng.uniform(3.0, 9.0),
+        rng.uniform(0, 2 * math.pi),
+    )
+    return World(
+        ground_z=ground_z,
+        origin=origin,
+        heading0=rng.uniform(-math.pi, math.pi),
+        curv_amp=rng.uniform(0.0, spec.max_curvature),
+        curv_period=rng.uniform(150.0, 600.0),
+        curv_phase=rng.uniform(0, 2 * math.pi),
+        s_range=s_range,
+        ego_times=t,
+        ego_s=ego_s,
+        ego_lateral=-1.75,
+        ego_roll_pitch=roll_pitch,
+        objects=objects,
+    )
+
+
+def object_radius(wlh: np.ndarray) -> np.ndarray:
+    return 0.5 * np.linalg.norm(wlh, axis=-1)
+
+
+def select_near(
+    centers: np.ndarray,
+    wlh: np.ndarray,
+    point: np.ndarray,
+    radius: float,
+    mask: Optional[np.ndarray] = None,
+) -> np.ndarray:
+    """Indices of boxes whose bounding sphere comes within ``radius`` of ``point``."""
+    d = np.linalg.norm(centers - point, axis=1) - object_radius(wlh)
+    ok = d <= radius
+    if mask is not None:
+        ok &= mask
+    return np.flatnonzero(ok)

@@ -1,0 +1,482 @@
+"""The synthetic nuScenes / Lyft writer, checked with the official devkits and brute-force geometry.
+
+Small datasets (2 scenes x 4 keyframes, few beams) keep this fast; one test generates a single
+full-size nuScenes frame (10 sweeps) to check the point count.
+"""
+
+import numpy as np
+import pytest
+from nuscenes import NuScenes
+from nuscenes.eval.detection.utils import (
+    category_to_detection_name,
+    detection_name_to_rel_attributes,
+)
+from nuscenes.utils.data_classes import LidarPointCloud
+from nuscenes.utils.geometry_utils import points_in_box
+from nuscenes.utils.splits import create_splits_scenes
+from pyquaternion import Quaternion
+
+from d2_pillars.data.datasets.synthetic import (
+    MARKER_NAME,
+    make_synthetic_dataset,
+    make_synthetic_lyft,
+    make_synthetic_nuscenes,
+)
+from d2_pillars.data.datasets.synthetic_scene import (
+    KIND_NAMES,
+    LidarSimulator,
+    LidarSpec,
+    build_world,
+    quaternion_from_ypr,
+    quaternion_to_matrix,
+)
+from d2_pillars.data.datasets.synthetic_writer import LYFT_FORMAT, NUSCENES_FORMAT
+
+import glob
+import json
+import math
+import os
+import runpy
+import sys
+
+SMALL = dict(num_scenes=2, keyframes_per_scene=4, seed=0, num_beams=32, azimuth_steps=360)
+DETECTION_CLASSES = {
+    "car", "truck", "bus", "trailer", "construction_vehicle", "pedestrian", "motorcycle",
+    "bicycle", "traffic_cone", "barrier",
+}  # fmt: skip
+SAMPLES = os.environ.get("D2_PILLARS_SAMPLES", "/work/shared/data/samples")
+LYFT_SAMPLE_TABLES = os.path.join(SAMPLES, "lyft", "v1.01-train", "v1.01-train")
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+@pytest.fixture(scope="module")
+def nus_root(tmp_path_factory):
+    return make_synthetic_nuscenes(str(tmp_path_factory.mktemp("synth_nus")), **SMALL)
+
+
+@pytest.fixture(scope="module")
+def nusc(nus_root):
+    return NuScenes(version="v1.0-mini", dataroot=nus_root, verbose=False)
+
+
+@pytest.fixture(scope="module")
+def lyft_root(tmp_path_factory):
+    return make_synthetic_lyft(str(tmp_path_factory.mktemp("synth_lyft")), **SMALL)
+
+
+def _global_points(sdk, sd_token, cloud_cls=LidarPointCloud):
+    """(3, N) points of a LiDAR sample_data in the global frame, the devkit way (float32)."""
+    sd = sdk.get("sample_data", sd_token)
+    pc = cloud_cls.from_file(sdk.get_sample_data_path(sd_token))
+    cs = sdk.get("calibrated_sensor", sd["calibrated_sensor_token"])
+    ep = sdk.get("ego_pose", sd["ego_pose_token"])
+    pc.rotate(Quaternion(cs["rotation"]).rotation_matrix)
+    pc.translate(np.array(cs["translation"]))
+    pc.rotate(Quaternion(ep["rotation"]).rotation_matrix)
+    pc.translate(np.array(ep["translation"]))
+    return pc.points[:3].astype(np.float64)
+
+
+def _box_sdf(points, box):
+    """Signed distance (negative inside) of points (3, N) to a devkit Box, brute force."""
+    local = box.rotation_matrix.T @ (points - box.center[:, None])
+    half = np.array([box.wlh[1], box.wlh[0], box.wlh[2]])[:, None] / 2
+    q = np.abs(local) - half
+    return np.linalg.norm(np.maximum(q, 0), axis=0) + np.minimum(q.max(axis=0), 0)
+
+
+def _surface_fraction(points, box, ground_z, others=(), tol=0.08):
+    """Fraction of the non-ground points within 0.5 m of ``box`` that lie within ``tol`` of it;
+    points on ``others`` (boxes of the neighbours, e.g. a passing cyclist) do not count."""
+    sdf = _box_sdf(points, box)
+    shell = (np.abs(sdf) < 0.5) & (points[2] > ground_z + 0.2)
+    for other in others:
+        if other.token != box.token:
+            shell &= _box_sdf(points, other) > 0.15
+    return (np.abs(sdf[shell]) < tol).mean() if shell.any() else float("nan"), shell.sum()
+
+
+def _attribute_names(sdk, ann):
+    return [sdk.get("attribute", t)["name"] for t in ann["attribute_tokens"]]
+
+
+# ------------------------------------------------------------------------------------------- #
+# nuScenes
+# ------------------------------------------------------------------------------------------- #
+def test_nuscenes_devkit_loads(nusc, nus_root):
+    assert len(nusc.scene) == 2 and len(nusc.sample) == 8
+    assert len(nusc.sample_data) == 2 * (4 + 3 * 9)  # keyframes + 9 sweeps per interval
+    for table in ("category", "attribute", "visibility", "sensor", "map", "log"):
+        assert len(getattr(nusc, table)) > 0
+    for rec in nusc.map:
+        assert os.path.isfile(os.path.join(nus_root, rec["filename"]))
+        assert len(rec["token"]) == 32
+    sample = nusc.sample[1]
+    path, boxes, intrinsic = nusc.get_sample_data(sample["data"]["LIDAR_TOP"])
+    assert os.path.isfile(path) and path.endswith(".pcd.bin") and "/samples/LIDAR_TOP/" in path
+    assert intrinsic is None and len(boxes) == len(sample["anns"]) > 0
+    points = np.fromfile(path, np.float32).reshape(-1, 5)
+    assert np.all(points[:, 4] == np.round(points[:, 4]))
+    assert points[:, 4].min() == 0 and points[:, 4].max() < SMALL["num_beams"]
+    assert np.all(points[:, 3] == np.round(points[:, 3])) and 0 <= points[:, 3].min()
+    assert points[:, 3].max() <= 255
+    # Every token is 32 hex characters (visibility: "1".."4").
+    for rec in nusc.sample_annotation[:50]:
+        assert all(len(rec[k]) == 32 for k in ("token", "sample_token", "instance_token"))
+        int(rec["token"], 16)
+        assert rec["visibility_token"] in {"1", "2", "3", "4"}
+    assert all(isinstance(s["timestamp"], int) for s in nusc.sample)
+
+
+def test_nuscenes_scene_names_are_the_mini_splits(nusc, tmp_path):
+    splits = create_splits_scenes()
+    names = {s["name"] for s in nusc.scene}
+    assert len(names & set(splits["mini_val"])) == 1
+    assert len(names & set(splits["mini_train"])) == 1
+    # 10 scenes: all of mini.
+    with pytest.raises(ValueError, match="v1.0-trainval"):
+        make_synthetic_nuscenes(str(tmp_path / "eleven"), num_scenes=11)
+    assert not (tmp_path / "eleven").exists()  # checked before anything is written
+
+
+def test_sweeps_chain_to_the_next_keyframe(nusc):
+    for scene in nusc.scene:
+        samples = [nusc.get("sample", scene["first_sample_token"])]
+        while samples[-1]["next"]:
+            samples.append(nusc.get("sample", samples[-1]["next"]))
+        assert len(samples) == scene["nbr_samples"] == 4
+        first_sd = nusc.get("sample_data", samples[0]["data"]["LIDAR_TOP"])
+        assert first_sd["prev"] == ""  # the first keyframe has no previous sweeps
+        for prev, cur in zip(samples, samples[1:]):
+            sd = nusc.get("sample_data", cur["data"]["LIDAR_TOP"])
+            assert sd["timestamp"] == cur["timestamp"]
+            sweeps = []
+            while True:
+                sd = nusc.get("sample_data", sd["prev"])
+                if sd["is_key_frame"]:
+                    break
+                sweeps.append(sd)
+            assert sd["token"] == prev["data"]["LIDAR_TOP"]
+            assert len(sweeps) == 9
+            assert all(s["sample_token"] == cur["token"] for s in sweeps)  # the NEXT keyframe
+            assert all("/sweeps/LIDAR_TOP/" in "/" + s["filename"] for s in sweeps)
+            times = [cur["timestamp"]] + [s["timestamp"] for s in sweeps] + [prev["timestamp"]]
+            assert np.all(np.diff(times) < 0)
+            assert np.allclose(-np.diff(times), 50_000, atol=1_500)  # 20 Hz
+            # Each sweep has its own ego pose (the ego moves or at least the pose record differs).
+            assert len({s["ego_pose_token"] for s in sweeps}) == 9
+
+
+def test_annotation_chains_and_velocity(nusc):
+    for inst in nusc.instance:
+        chain = [nusc.get("sample_annotation", inst["first_annotation_token"])]
+        while chain[-1]["next"]:
+            chain.append(nusc.get("sample_annotation", chain[-1]["next"]))
+        assert len(chain) == inst["nbr_annotations"]
+        assert chain[-1]["token"] == inst["last_annotation_token"]
+        samples = [nusc.get("sample", a["sample_token"]) for a in chain]
+        assert all(b["prev"] == a["token"] for a, b in zip(samples, samples[1:]))
+    speeds = {"vehicle.parked": [], "vehicle.moving": [], "pedestrian.moving": []}
+    for ann in nusc.sample_annotation:
+        names = _attribute_names(nusc, ann)
+        if names and names[0] in speeds and (ann["prev"] or ann["next"]):
+            speeds[names[0]].append(np.linalg.norm(nusc.box_velocity(ann["token"])[:2]))
+    assert max(speeds["vehicle.parked"]) < 1e-6
+    assert min(speeds["vehicle.moving"]) > 1.0 and max(speeds["vehicle.moving"]) < 20.0
+    assert 0.5 < np.median(speeds["pedestrian.moving"]) < 2.5
+
+
+def test_num_lidar_pts_is_the_devkit_count(nusc):
+    counted = 0
+    for sample in nusc.sample:
+        points = _global_points(nusc, sample["data"]["LIDAR_TOP"])
+        for token in sample["anns"]:
+            ann = nusc.get("sample_annotation", token)
+            box = nusc.get_box(token)
+            # The devkit decides; only points in the bounding sphere can be inside.
+            near = np.linalg.norm(points - box.center[:, None], axis=0) < np.linalg.norm(box.wlh)
+            n = int(points_in_box(box, points[:, near]).sum())
+            assert n == ann["num_lidar_pts"], (ann["category_name"], n, ann["num_lidar_pts"])
+            assert ann["num_radar_pts"] == 0
+            counted += n > 0
+    assert counted >= 20
+
+
+def _parked_annotations(sdk, min_points):
+    return [
+        a
+        for a in sdk.sample_annotation
+        if a["num_lidar_pts"] >= min_points and _attribute_names(sdk, a) == ["vehicle.parked"]
+    ]
+
+
+def test_static_objects_land_on_their_boxes_in_keyframes_and_sweeps(nusc):
+    parked = _parked_annotations(nusc, 15)
+    assert len(parked) >= 3
+    for ann in parked[:6]:
+        box = nusc.get_box(ann["token"])
+        ground = box.center[2] - box.wlh[2] / 2
+        sample = nusc.get("sample", ann["sample_token"])
+        sd = nusc.get("sample_data", sample["data"]["LIDAR_TOP"])
+        points = _global_points(nusc, sd["token"])
+        assert points_in_box(box, points).sum() > 0
+        frac, n = _surface_fraction(points, box, ground, nusc.get_boxes(sd["token"]))
+        assert n >= 15 and frac > 0.97, (frac, n)
+        # The previous sweep (own ego pose and time): a static box stays where it is.
+        if sd["prev"]:
+            others = nusc.get_boxes(sd["prev"])  # interpolated to the sweep's time
+            frac, n = _surface_fraction(_global_points(nusc, sd["prev"]), box, ground, others)
+            assert n == 0 or frac > 0.97, (frac, n)
+
+
+def test_moving_objects_follow_the_devkit_interpolation_in_sweeps(nusc):
+    checked = 0
+    for sample in nusc.sample:
+        if not sample["prev"]:
+            continue
+        sd = nusc.get("sample_data", nusc.get("sample_data", sample["data"]["LIDAR_TOP"])["prev"])
+        assert not sd["is_key_frame"]
+        points = _global_points(nusc, sd["token"])
+        boxes = nusc.get_boxes(sd["token"])  # interpolated to the sweep's time
+        for box in boxes:
+            ann = nusc.get("sample_annotation", box.token)
+            if ann["num_lidar_pts"] < 40 or _attribute_names(nusc, ann) != ["vehicle.moving"]:
+                continue
+            if np.linalg.norm(nusc.box_velocity(box.token)[:2]) < 3.0:
+                continue
+            ground = box.center[2] - box.wlh[2] / 2
+            frac, n = _surface_fraction(points, box, ground, boxes, tol=0.12)
+            if n >= 20:
+                assert frac > 0.9, (frac, n)
+                checked += 1
+    assert checked >= 1
+
+
+def test_categories_and_attributes_follow_the_detection_rules(nusc):
+    table = {c["name"] for c in nusc.category}
+    assert DETECTION_CLASSES <= {category_to_detection_name(n) for n in table}
+    for ann in nusc.sample_annotation:
+        name = category_to_detection_name(ann["category_name"])
+        attrs = _attribute_names(nusc, ann)
+        if name is None:
+            continue
+        if name in ("barrier", "traffic_cone"):
+            assert attrs == []
+        else:
+            assert len(attrs) == 1 and attrs[0] in detection_name_to_rel_attributes(name)
+        if name == "barrier":
+            assert ann["size"][0] > 3 * ann["size"][1]  # long side is w
+        q = np.array(ann["rotation"])
+        assert abs(np.linalg.norm(q) - 1) < 1e-9 and np.all(q[1:3] == 0)
+    assert any(a["rotation"][0] < 0 for a in nusc.sample_annotation)  # q and -q both occur
+
+
+def test_every_detection_class_and_lyft_class_is_generated():
+    kinds = set()
+    for seed in range(3):
+        world = build_world(np.random.default_rng(seed), NUSCENES_FORMAT.world, 19.5, (0, 0), 80.0)
+        kinds |= {KIND_NAMES[k] for k in np.unique(world.kind)}
+    names = {
+        category_to_detection_name(c)
+        for k in kinds
+        for c in NUSCENES_FORMAT.kind_categories.get(k, {})
+    }
+    assert DETECTION_CLASSES <= names
+    kinds = set()
+    for seed in range(3):
+        world = build_world(np.random.default_rng(seed), LYFT_FORMAT.world, 7.8, (0, 0), 100.0)
+        kinds |= {KIND_NAMES[k] for k in np.unique(world.kind[world.annotated])}
+    lyft = {c for k in kinds for c in LYFT_FORMAT.kind_categories[k]}
+    assert lyft == {n for n, _ in LYFT_FORMAT.categories}
+
+
+def test_full_size_frame_point_count(tmp_path):
+    root = make_synthetic_nuscenes(str(tmp_path), num_scenes=1, keyframes_per_scene=2, seed=3)
+    files = glob.glob(os.path.join(root, "s*", "LIDAR_TOP", "*.pcd.bin"))
+    assert len(files) == 11
+    with open(os.path.join(root, "v1.0-mini", "sample_data.json")) as f:
+        records = json.load(f)
+    frame = [r for r in records if r["sample_token"] == records[-1]["sample_token"]]
+    assert len(frame) == 10  # keyframe + its 9 previous sweeps
+    total = sum(os.path.getsize(os.path.join(root, r["filename"])) // 20 for r in frame)
+    assert 300_000 <= total <= 350_000, total
+
+
+# ------------------------------------------------------------------------------------------- #
+# Lyft
+# ------------------------------------------------------------------------------------------- #
+def _lyft(lyft_root):
+    from lyft_dataset_sdk.lyftdataset import LyftDataset
+
+    data = os.path.join(lyft_root, "v1.01-train")
+    return LyftDataset(data_path=data, json_path=os.path.join(data, "v1.01-train"), verbose=False)
+
+
+def test_lyft_sdk_loads(lyft_root):
+    from lyft_dataset_sdk.utils.data_classes import LidarPointCloud as LyftCloud
+    from lyft_dataset_sdk.utils.geometry_utils import points_in_box as lyft_points_in_box
+
+    ly = _lyft(lyft_root)
+    assert len(ly.scene) == 2 and len(ly.sample) == 8 and len(ly.sample_data) == 8
+    assert all(sd["is_key_frame"] for sd in ly.sample_data)
+    assert all(
+        a["num_lidar_pts"] == -1 and a["visibility_token"] == "" for a in ly.sample_annotation
+    )
+    for scene in ly.scene:
+        s = ly.get("sample", scene["first_sample_token"])
+        times = [s["timestamp"]]
+        while s["next"]:
+            s = ly.get("sample", s["next"])
+            times.append(s["timestamp"])
+        assert isinstance(times[0], float)
+        assert np.allclose(np.diff(times), 200_000, atol=5_000)  # 5 Hz
+    path, boxes, _ = ly.get_sample_data(ly.sample[2]["data"]["LIDAR_TOP"])
+    pc = LyftCloud.from_file(path)
+    assert np.all(pc.points[3] == 100)
+    counts = [lyft_points_in_box(b, pc.points[:3]).sum() for b in boxes]
+    assert sum(c > 0 for c in counts) >= 5
+    # Static objects land on their boxes (Lyft mount, ego roll/pitch, ground far below z = 0).
+    for ann in _parked_annotations_lyft(ly)[:4]:
+        box = ly.get_box(ann["token"])
+        sample = ly.get("sample", ann["sample_token"])
+        points = _global_points(ly, sample["data"]["LIDAR_TOP"], LyftCloud)
+        others = [ly.get_box(t) for t in sample["anns"]]
+        frac, n = _surface_fraction(points, box, box.center[2] - box.wlh[2] / 2, others)
+        assert n == 0 or frac > 0.97, (frac, n)
+
+
+def _parked_annotations_lyft(ly):
+    return [a for a in ly.sample_annotation if _attribute_names(ly, a) == ["object_action_parked"]]
+
+
+@pytest.mark.skipif(not os.path.isdir(LYFT_SAMPLE_TABLES), reason="real Lyft tables not available")
+def test_lyft_tables_match_the_real_schema(lyft_root):
+    def schema(folder):
+        out = {}
+        for path in sorted(glob.glob(os.path.join(folder, "*.json"))):
+            with open(path) as f:
+                records = json.load(f)
+            fields = {}
+            for r in records:
+                if "width" in r or r.get("modality") == "camera" or r.get("camera_intrinsic"):
+                    continue  # camera records: the synthetic set has no cameras
+                for k, v in r.items():
+                    kind = type(v).__name__
+                    if "token" in k and isinstance(v, str) and v:
+                        kind += f"[{len(v)}]"
+                    fields.setdefault(k, set()).add(kind)
+            out[os.path.basename(path)] = fields
+        return out
+
+    real = schema(LYFT_SAMPLE_TABLES)
+    synth = schema(os.path.join(lyft_root, "v1.01-train", "v1.01-train"))
+    assert set(real) == set(synth)
+    for table, fields in real.items():
+        assert set(fields) == set(synth[table]), table
+        for key, kinds in fields.items():
+            assert synth[table][key] <= kinds | {"list"}, (table, key, synth[table][key], kinds)
+
+
+# ------------------------------------------------------------------------------------------- #
+# Ray casting against brute force
+# ------------------------------------------------------------------------------------------- #
+def test_ray_casting_matches_brute_force_marching():
+    rng = np.random.default_rng(0)
+    spec = LidarSpec(num_beams=8, elevation_deg=(-25.0, 10.0), azimuth_steps=64, max_range=22.0)
+    k, ground = 12, -0.3
+    ang, dist = rng.uniform(-math.pi, math.pi, k), rng.uniform(4.0, 18.0, k)
+    wlh = rng.uniform(0.5, 4.0, (k, 3))
+    centers = np.c_[dist * np.cos(ang), dist * np.sin(ang), ground + wlh[:, 2] / 2]
+    yaw = rng.uniform(-math.pi, math.pi, k)
+    rot = quaternion_to_matrix(quaternion_from_ypr(0.7, 0.03, -0.02))
+    origin = np.array([0.2, -0.1, 1.8])
+    res = LidarSimulator(spec).scan(0.1, rot, origin, centers, wlh, yaw, ground_z=ground)
+    dirs = res.directions.astype(np.float64) @ rot.T
+
+    def local(points, i):  # points (..., 3) in box i's frame (x along l)
+        rel = points - centers[i]
+        c, s = math.cos(yaw[i]), math.sin(yaw[i])
+        return np.stack([c * rel[..., 0] + s * rel[..., 1], -s * rel[..., 0] + c * rel[..., 1],
+                         rel[..., 2]], -1)  # fmt: skip
+
+    half = wlh[:, [1, 0, 2]] / 2
+    step = 0.02
+    t = np.arange(step, spec.max_range, step)
+    samples = origin + t[None, :, None] * dirs[:, None, :]  # (R, T, 3)
+    blocked = samples[..., 2] <= ground
+    for i in range(k):  # a handful of boxes: brute force
+        blocked |= np.all(np.abs(local(samples, i)) <= half[i], axis=-1)
+    first = np.where(blocked.any(1), t[blocked.argmax(1)], np.inf)
+    # Nothing that marching finds is missed, and no hit comes before the first blocked sample.
+    assert np.all(res.range <= first + 1e-3)
+    hit = np.isfinite(res.range)
+    assert np.all(res.range[hit] > first[hit] - step - 1e-3)
+    # Hit points lie on the surface of the box reported (or on the ground).
+    points = origin + res.range[:, None] * dirs
+    for i in range(k):
+        on = res.hit == i
+        q = np.abs(local(points[on], i)) - half[i]
+        assert np.all(np.abs(q.max(1)) < 1e-3)
+    assert np.all(np.abs(points[res.hit == -1, 2] - ground) < 1e-3)
+    assert (res.hit >= 0).sum() > 20 and (res.hit == -1).sum() > 20 and (res.hit == -2).sum() > 20
+
+
+# ------------------------------------------------------------------------------------------- #
+# Determinism, re-running, CLI
+# ------------------------------------------------------------------------------------------- #
+def _tree_bytes(root):
+    out = {}
+    for path in sorted(glob.glob(os.path.join(root, "**", "*"), recursive=True)):
+        if os.path.isfile(path):
+            with open(path, "rb") as f:
+                out[os.path.relpath(path, root)] = f.read()
+    return out
+
+
+def test_deterministic_rerunnable_and_safe(tmp_path, nus_root):
+    small = dict(SMALL, num_beams=8, azimuth_steps=128)
+    a = make_synthetic_nuscenes(str(tmp_path / "a"), **small)
+    b = make_synthetic_nuscenes(str(tmp_path / "b"), num_workers=2, **small)
+    assert os.path.isfile(os.path.join(a, MARKER_NAME))
+    tree_a, tree_b = _tree_bytes(a), _tree_bytes(b)  # without the marker (it holds timings)
+    assert MARKER_NAME not in tree_a and len(tree_a) > 70
+    assert tree_a == tree_b
+    # Another seed gives another dataset.
+    c = make_synthetic_nuscenes(str(tmp_path / "c"), **dict(small, seed=1))
+    assert _tree_bytes(c)["v1.0-mini/ego_pose.json"] != tree_a["v1.0-mini/ego_pose.json"]
+    # Complete: a second call returns without rewriting.
+    table = os.path.join(a, "v1.0-mini", "sample.json")
+    mtime = os.stat(table).st_mtime_ns
+    assert make_synthetic_nuscenes(a, **small) == a and os.stat(table).st_mtime_ns == mtime
+    with pytest.raises(FileExistsError, match="force"):
+        make_synthetic_nuscenes(a, **dict(small, keyframes_per_scene=3))
+    make_synthetic_nuscenes(a, force=True, **dict(small, keyframes_per_scene=3))
+    with open(os.path.join(a, "v1.0-mini", "sample.json")) as f:
+        assert len(json.load(f)) == 6
+    assert len(glob.glob(os.path.join(a, "samples", "LIDAR_TOP", "*"))) == 6  # old files removed
+    # A dataset not written by the generator is never touched.
+    foreign = tmp_path / "foreign"
+    (foreign / "v1.0-mini").mkdir(parents=True)
+    with pytest.raises(FileExistsError, match="refusing"):
+        make_synthetic_nuscenes(str(foreign), force=True, **small)
+    (foreign / "v1.0-mini").rmdir()
+    (foreign / "sweeps" / "LIDAR_TOP").mkdir(parents=True)  # e.g. next to v1.0-trainval
+    with pytest.raises(FileExistsError, match="refusing"):
+        make_synthetic_nuscenes(str(foreign), force=True, **small)
+    assert (foreign / "sweeps" / "LIDAR_TOP").is_dir()
+    with pytest.raises(ValueError, match="format"):
+        make_synthetic_dataset("kitti", str(tmp_path / "k"))
+
+
+def test_cli(tmp_path, monkeypatch, capsys):
+    out = tmp_path / "cli"
+    argv = [
+        "make_synthetic_dataset.py", "--format", "lyft", "--out", str(out), "--scenes", "1",
+        "--keyframes", "2", "--beams", "4", "--azimuth-steps", "64", "--workers", "1",
+    ]  # fmt: skip
+    monkeypatch.setattr(sys, "argv", argv)
+    runpy.run_path(os.path.join(REPO, "tools", "make_synthetic_dataset.py"), run_name="__main__")
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert summary["samples"] == 2 and summary["parameters"]["format"] == "lyft"
+    assert len(glob.glob(str(out / "v1.01-train" / "lidar" / "host-a*_lidar1_*.bin"))) == 2
+    assert os.path.isfile(out / "v1.01-train" / "maps" / "map_raster_palo_alto.png")

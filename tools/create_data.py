@@ -1,0 +1,77 @@
+#!/usr/bin/env python
+"""Build the info files of nuScenes or Lyft with the official devkits (one record per keyframe).
+
+    python tools/create_data.py nuscenes --root datasets/nuscenes --version v1.0-trainval
+    python tools/create_data.py nuscenes --root datasets/nuscenes --version v1.0-mini
+    python tools/create_data.py lyft --root datasets/lyft --version v1.01-train
+    python tools/create_data.py lyft --root datasets/synthetic_lyft --version v1.01-train \\
+        --scene-split last20
+    python tools/create_data.py lyft --root datasets/lyft --version v1.01-train --check
+
+Writes ``{root}/{dataset}_infos_{split}.pkl`` per split (``--out`` changes the folder).
+``--check`` only lists the missing or corrupt LiDAR files (keyframes and sweeps) and exits
+with status 1 if there are any.
+"""
+from d2_pillars.data.datasets import DATASET_SPECS, check_dataset_files, create_infos
+
+import argparse
+import logging
+import sys
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("dataset", choices=sorted(DATASET_SPECS))
+    parser.add_argument("--root", required=True, help="dataset root (the devkit's dataroot)")
+    parser.add_argument(
+        "--version",
+        required=True,
+        help="nuScenes: v1.0-trainval | v1.0-mini | v1.0-test; Lyft: v1.01-train | v1.01-test",
+    )
+    parser.add_argument("--max-sweeps", type=int, default=10, help="previous sweeps per keyframe")
+    parser.add_argument("--out", default=None, help="folder of the info files (default: --root)")
+    parser.add_argument(
+        "--scene-split",
+        default="official",
+        help="Lyft v1.01-train: 'official' (reference scene lists) or 'last20' (the last 20%% "
+        "of the scenes by name are val; for datasets with their own scene names)",
+    )
+    parser.add_argument(
+        "--check", action="store_true", help="only list missing or corrupt LiDAR files"
+    )
+    parser.add_argument("--quiet", action="store_true", help="no devkit messages / progress bar")
+    args = parser.parse_args(argv)
+    spec = DATASET_SPECS[args.dataset]
+    if args.version not in spec.versions:
+        parser.error(f"{args.dataset} versions are {', '.join(spec.versions)}; got {args.version}")
+    return args
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    spec = DATASET_SPECS[args.dataset]
+    if args.check:
+        n, problems = check_dataset_files(spec, args.root, args.version, verbose=not args.quiet)
+        for path, problem in problems:
+            print(f"{problem}: {path}")
+        print(f"checked {n} LiDAR files of {args.dataset} {args.version}: {len(problems)} bad")
+        return 1 if problems else 0
+    written = create_infos(
+        spec,
+        args.root,
+        args.version,
+        max_sweeps=args.max_sweeps,
+        out_dir=args.out,
+        scene_split=args.scene_split,
+        progress=not args.quiet,
+    )
+    for split, path in written.items():
+        print(f"{split}: {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
