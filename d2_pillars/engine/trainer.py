@@ -125,6 +125,24 @@ class PillarsTrainer(DefaultTrainer):
         self.cfg = cfg
         self.register_hooks(self.build_hooks())
 
+    # detectron2 v0.6's DefaultTrainer checkpoints only the iteration and hook states: the
+    # optimizer (AdamW moments, current lr) and AMP's grad scaler are lost on --resume. Later
+    # detectron2 versions fixed this the same way.
+    def state_dict(self):
+        ret = super().state_dict()
+        ret["_trainer"] = self._trainer.state_dict()
+        return ret
+
+    def load_state_dict(self, state_dict):
+        super().load_state_dict(state_dict)
+        if "_trainer" not in state_dict:
+            raise KeyError(
+                "checkpoint has no optimizer state ('_trainer'): it was not written by "
+                "PillarsTrainer, so it cannot be resumed; start a new run with MODEL.WEIGHTS "
+                "pointing to it instead of --resume"
+            )
+        self._trainer.load_state_dict(state_dict["_trainer"])
+
     def build_hooks(self):
         ret = super().build_hooks()
         for hook in ret:
