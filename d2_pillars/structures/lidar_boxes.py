@@ -23,10 +23,23 @@ BOX_CONVENTION_VERSION = 1
 
 
 def limit_period(val, offset: float = 0.5, period: float = 2 * math.pi):
-    """Map ``val`` into ``[-offset * period, (1 - offset) * period)``."""
+    """Map ``val`` into ``[-offset * period, (1 - offset) * period)``.
+
+    Computed in float64 and cast back to the input's dtype; a value that the cast rounds onto the
+    upper bound (e.g. float32(pi) > pi) moves down one period, so the half-open range holds in the
+    returned dtype. (Plain float32 arithmetic maps values just below pi to just below -pi.)
+    """
+    upper = (1 - offset) * period
     if isinstance(val, torch.Tensor):
-        return val - torch.floor(val / period + offset) * period
-    return val - np.floor(val / period + offset) * period
+        wide = val.double()
+        out = (wide - torch.floor(wide / period + offset) * period).to(val.dtype)
+        return torch.where(out >= upper, out - period, out)
+    arr = np.asarray(val)
+    dtype = arr.dtype if np.issubdtype(arr.dtype, np.floating) else np.dtype(np.float64)
+    wide = arr.astype(np.float64)
+    out = (wide - np.floor(wide / period + offset) * period).astype(dtype)
+    out = np.where(out >= dtype.type(upper), out - dtype.type(period), out)
+    return out[()] if out.ndim == 0 else out
 
 
 def rotation_z(angle: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,264 @@
+# -*- coding: utf-8 -*-
+"""Greedy non-maximum suppression of rotated BEV boxes ``(x, y, l, w, yaw)``.
+
+Semantics are those of detectron2 / torchvision: boxes are visited by decreasing score and a box
+is suppressed when its IoU with an already kept box is **greater than** the threshold.
+
+When the installed detectron2 has its compiled ``nms_rotated`` it is used; otherwise the torch
+implementation here runs (CPU or CUDA):
+
+1. the pairs whose IoU exceeds the threshold are found once, with the exact rotated IoU of
+   :mod:`.rotated_iou` evaluated only on pairs whose bounding circles overlap (a sparse graph);
+2. the greedy pass walks the boxes by score on the CPU with numpy, touching only boxes that have
+   at least one such neighbour; boxes without neighbours are kept without any Python work.
+
+For several classes the graph is built within each class only (classes never suppress each other),
+and ``multiclass_nms_rotated_bev`` shares one graph between all classes because the boxes are
+shared.
+"""
+import numpy as np
+import torch
+
+import functools
+
+from .rotated_iou import bev_to_d2_rotated, candidate_pairs, iou_of_pairs
+
+__all__ = ["nms_rotated_bev", "batched_nms_rotated_bev", "multiclass_nms_rotated_bev"]
+
+
+@functools.lru_cache(maxsize=None)
+def detectron2_nms_rotated_available():
+    """True when detectron2's compiled ``nms_rotated`` op is registered (not the placeholder)."""
+    try:
+        from detectron2 import _C
+    except ImportError:
+        return False
+    if str(getattr(_C, "__file__", "")).endswith(".py"):
+        return False
+    try:
+        torch.ops.detectron2.nms_rotated
+    except (AttributeError, RuntimeError):
+        return False
+    return True
+
+
+def _check(boxes, scores, iou_threshold):
+    if not isinstance(boxes, torch.Tensor) or boxes.dim() != 2 or boxes.shape[1] != 5:
+        raise ValueError(
+            "boxes must be a (N, 5) tensor (x, y, l, w, yaw) as returned by LiDARBoxes.bev(); "
+            f"got {tuple(boxes.shape) if isinstance(boxes, torch.Tensor) else type(boxes)}"
+        )
+    if scores.shape[0] != boxes.shape[0]:
+        raise ValueError(
+            f"scores ({tuple(scores.shape)}) must have one row per box ({boxes.shape[0]} boxes)"
+        )
+    if not 0.0 <= float(iou_threshold) <= 1.0:
+        raise ValueError(f"iou_threshold must be in [0, 1], got {iou_threshold}")
+
+
+def overlap_graph(boxes, iou_threshold, groups=None):
+    """Pairs of boxes with IoU > ``iou_threshold`` (and equal ``groups`` when given).
+
+    Args:
+        boxes: (N, 5) BEV boxes.
+        iou_threshold: float.
+        groups: optional (N,) integer tensor; only pairs within a group are considered.
+
+    Returns:
+        ``(i, j)``: two (E,) int64 numpy arrays with ``i < j``.
+    """
+    boxes = boxes.float() if boxes.dtype not in (torch.float32, torch.float64) else boxes
+    if groups is None:
+        members = [None]
+    else:
+        groups_cpu = groups.to("cpu", torch.int64)
+        order = torch.argsort(groups_cpu, stable=True)
+        _, counts = torch.unique_consecutive(groups_cpu[order], return_counts=True)
+        members = [m for m in torch.split(order, counts.tolist()) if m.numel() > 1]
+    all_i, all_j = [], []
+    for m in members:
+        sub = boxes if m is None else boxes[m.to(boxes.device)]
+        i, j = candidate_pairs(sub, sub, upper_triangle=True)
+        if i.numel() == 0:
+            continue
+        iou = iou_of_pairs(sub[i], sub[j])
+        hit = iou > iou_threshold
+        i, j = i[hit].cpu(), j[hit].cpu()
+        if m is not None:
+            i, j = m[i], m[j]
+        all_i.append(i)
+        all_j.append(j)
+    if not all_i:
+        empty = np.zeros(0, dtype=np.int64)
+        return empty, empty
+    return torch.cat(all_i).numpy(), torch.cat(all_j).numpy()
+
+
+def _greedy(order, num_boxes, pairs):
+    """Greedy suppression on a sparse overlap graph.
+
+    Args:
+        order: (K,) int64 numpy array of candidate box indices by decreasing score.
+        num_boxes: N, the size of the index space.
+        pairs: ``(i, j)`` numpy arrays of overlapping pairs (either direction).
+
+    Returns:
+        (K',) int64 numpy array: kept indices, in the order of ``order``.
+    """
+    i, j = pairs
+    if i.size == 0 or order.size == 0:
+        return order
+    src = np.concatenate([i, j])
+    dst = np.concatenate([j, i])
+    perm = np.argsort(src, kind="stable")
+    neighbours = dst[perm]
+    ptr = np.zeros(num_boxes + 1, dtype=np.int64)
+    np.cumsum(np.bincount(src, minlength=num_boxes), out=ptr[1:])
+    degree = ptr[1:] - ptr[:-1]
+    # Only boxes with neighbours need the sequential pass; the others are always kept.
+    busy = order[degree[order] > 0]
+    removed = np.zeros(num_boxes, dtype=bool)
+    ptr_list = ptr.tolist()
+    for b in busy.tolist():
+        if removed[b]:
+            continue
+        # ``b`` is kept: every later neighbour is suppressed (earlier ones are already decided,
+        # and none of them is kept, or ``b`` would have been removed).
+        removed[neighbours[ptr_list[b] : ptr_list[b + 1]]] = True
+    return order[~removed[order]]
+
+
+def nms_rotated_bev(boxes, scores, iou_threshold):
+    """Greedy NMS of rotated BEV boxes.
+
+    Args:
+        boxes: (N, 5) ``(x, y, l, w, yaw)``.
+        scores: (N,).
+        iou_threshold: a box is discarded when its IoU with a kept box is > this.
+
+    Returns:
+        (K,) int64 indices of the kept boxes, by decreasing score (ties: lower index first).
+    """
+    _check(boxes, scores, iou_threshold)
+    if boxes.shape[0] == 0:
+        return torch.zeros(0, dtype=torch.long, device=boxes.device)
+    if detectron2_nms_rotated_available():
+        from detectron2.layers import nms_rotated
+
+        return nms_rotated(bev_to_d2_rotated(boxes.float()), scores.float(), iou_threshold)
+    order = torch.argsort(scores.detach().cpu(), descending=True, stable=True).numpy()
+    keep = _greedy(order, boxes.shape[0], overlap_graph(boxes.detach(), iou_threshold))
+    return torch.from_numpy(keep).to(boxes.device)
+
+
+def batched_nms_rotated_bev(boxes, scores, idxs, iou_threshold):
+    """NMS of rotated BEV boxes done independently per category (like torchvision's).
+
+    Args:
+        boxes: (N, 5); scores: (N,); idxs: (N,) integer category of each box.
+        iou_threshold: float.
+
+    Returns:
+        (K,) int64 indices of the kept boxes, by decreasing score.
+    """
+    _check(boxes, scores, iou_threshold)
+    if idxs.shape[0] != boxes.shape[0]:
+        raise ValueError(f"idxs ({tuple(idxs.shape)}) must have one entry per box")
+    if boxes.shape[0] == 0:
+        return torch.zeros(0, dtype=torch.long, device=boxes.device)
+    if detectron2_nms_rotated_available():
+        from detectron2.layers import batched_nms_rotated
+
+        return batched_nms_rotated(
+            bev_to_d2_rotated(boxes.float()), scores.float(), idxs, iou_threshold
+        )
+    # No pair crosses categories, so one greedy pass in global score order equals per-category NMS.
+    order = torch.argsort(scores.detach().cpu(), descending=True, stable=True).numpy()
+    graph = overlap_graph(boxes.detach(), iou_threshold, groups=idxs)
+    keep = _greedy(order, boxes.shape[0], graph)
+    return torch.from_numpy(keep).to(boxes.device)
+
+
+def multiclass_nms_rotated_bev(boxes, scores, score_thresh, iou_threshold, max_num):
+    """Per-class rotated BEV NMS of boxes shared by all classes (the anchor head's output).
+
+    For each class ``c``: the boxes with ``scores[:, c] > score_thresh`` go through greedy NMS by
+    that class's score; the survivors of all classes are then ranked by score and the first
+    ``max_num`` returned. One box can be kept for several classes.
+
+    Args:
+        boxes: (N, 5) ``(x, y, l, w, yaw)``.
+        scores: (N, C) per-class scores (e.g. sigmoid outputs).
+        score_thresh: candidates need a score strictly above this.
+        iou_threshold: suppression when IoU > this (within a class).
+        max_num: maximum number of detections returned (``<= 0``: no limit).
+
+    Returns:
+        ``(box_index (K,) int64, labels (K,) int64, scores (K,))`` sorted by decreasing score
+        (ties: lower class, then lower box index).
+    """
+    _check(boxes, scores, iou_threshold)
+    if scores.dim() != 2:
+        raise ValueError(f"scores must be (N, C) for multiclass NMS, got {tuple(scores.shape)}")
+    device = boxes.device
+    cand = scores > score_thresh  # (N, C)
+    box_idx, labels = cand.nonzero(as_tuple=True)  # ordered by box, then class
+    if box_idx.numel() == 0:
+        empty = torch.zeros(0, dtype=torch.long, device=device)
+        return empty, empty, scores.new_zeros(0)
+    if detectron2_nms_rotated_available():
+        from detectron2.layers import batched_nms_rotated
+
+        keep = batched_nms_rotated(
+            bev_to_d2_rotated(boxes[box_idx].float()),
+            scores[box_idx, labels].float(),
+            labels,
+            iou_threshold,
+        )
+        keep_box, keep_label = box_idx[keep], labels[keep]
+    else:
+        keep_box, keep_label = _multiclass_torch(boxes, scores, cand, iou_threshold)
+    keep_score = scores[keep_box, keep_label]
+    # Rank by score; ties by class then box index (a stable sort of a (class, box) ordered list).
+    tie_order = torch.argsort(keep_label * boxes.shape[0] + keep_box)
+    keep_box, keep_label, keep_score = (
+        keep_box[tie_order],
+        keep_label[tie_order],
+        keep_score[tie_order],
+    )
+    rank = torch.argsort(keep_score, descending=True, stable=True)
+    if max_num is not None and max_num > 0:
+        rank = rank[:max_num]
+    return keep_box[rank], keep_label[rank], keep_score[rank]
+
+
+def _multiclass_torch(boxes, scores, cand, iou_threshold):
+    n = boxes.shape[0]
+    any_cand = cand.any(dim=1)
+    members = any_cand.nonzero(as_tuple=True)[0]
+    # One overlap graph over every box that is a candidate for some class, shared by all classes.
+    i, j = overlap_graph(boxes.detach()[members], iou_threshold)
+    members_np = members.cpu().numpy()
+    pairs = (members_np[i], members_np[j])
+    scores_cpu = scores.detach().cpu()
+    cand_cpu = cand.cpu()
+    keep_boxes, keep_labels = [], []
+    for c in range(scores.shape[1]):
+        idx = cand_cpu[:, c].nonzero(as_tuple=True)[0]
+        if idx.numel() == 0:
+            continue
+        order = idx[torch.argsort(scores_cpu[idx, c], descending=True, stable=True)].numpy()
+        # Non-candidates must neither be kept nor suppress: restrict the graph to this class.
+        in_class = np.zeros(n, dtype=bool)
+        in_class[order] = True
+        sel = in_class[pairs[0]] & in_class[pairs[1]]
+        kept = _greedy(order, n, (pairs[0][sel], pairs[1][sel]))
+        keep_boxes.append(torch.from_numpy(kept))
+        keep_labels.append(torch.full((kept.size,), c, dtype=torch.long))
+    if not keep_boxes:
+        empty = torch.zeros(0, dtype=torch.long, device=boxes.device)
+        return empty, empty
+    return (
+        torch.cat(keep_boxes).to(boxes.device),
+        torch.cat(keep_labels).to(boxes.device),
+    )
