@@ -177,7 +177,8 @@ def test_two_process_gloo_training_reaches_evaluator(datasets_root, tmp_path, mo
 
     monkeypatch.setenv("D2_PILLARS_DATASETS", datasets_root)
     out = str(tmp_path / "ddp")
-    args = _args(["SOLVER.MAX_ITER", "2", "TEST.EVAL_PERIOD", "2"], output_dir=out, num_gpus=2)
+    opts = ["SOLVER.MAX_ITER", "2", "SOLVER.STEPS", "(1,)", "TEST.EVAL_PERIOD", "2"]
+    args = _args(opts, output_dir=out, num_gpus=2)
     launch(_gloo_main, 2, args=(args,))
     eval_dir = os.path.join(out, "inference", "synthetic_nus_mini_val")
     with open(os.path.join(eval_dir, "results_nusc.json")) as f:
