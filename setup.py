@@ -5,7 +5,7 @@ from setuptools import find_packages, setup
 setup(
     name="d2_pillars",
     version="0.1.0",
-    description="PointPillars with RegNetX backbones and FPN necks for nuScenes and Lyft, on detectron2",
+    description="PointPillars (RegNetX, FPN) for nuScenes and Lyft on detectron2",
     packages=find_packages(include=["d2_pillars", "d2_pillars.*"]),
     package_data={"d2_pillars": ["data/datasets/splits/*.txt"]},
     python_requires=">=3.9",

@@ -1,13 +1,13 @@
 """What ``tools/train_net.py`` runs: config setup, argument parser, and ``main``."""
 
-import logging
-import os
-
 from detectron2.config import get_cfg
 from detectron2.engine import default_argument_parser, default_setup
 from detectron2.evaluation import verify_results
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
+
+import logging
+import os
 
 from ..checkpoint import PillarsCheckpointer
 from ..config import add_pillars_config
