@@ -12,6 +12,7 @@ from detectron2.utils.logger import setup_logger
 
 import logging
 import os
+import time
 import weakref
 
 from ..checkpoint import PillarsCheckpointer
@@ -85,14 +86,47 @@ def add_gradient_clipping(cfg, optimizer_cls):
     return FullModelGradientClipping
 
 
+class CPUAutocastTrainer(SimpleTrainer):
+    """``SimpleTrainer`` whose forward pass runs under CPU bfloat16 autocast.
+
+    bfloat16 keeps float32's exponent range, so no loss scaling is needed; on CPUs with native
+    bf16 instructions (AVX512-BF16, AMX) convolutions run about twice as fast. Losses are
+    computed in float32 (autocast keeps reductions and losses in float32).
+    """
+
+    def run_step(self):
+        assert self.model.training, "[CPUAutocastTrainer] model was changed to eval mode!"
+        start = time.perf_counter()
+        data = next(self._data_loader_iter)
+        data_time = time.perf_counter() - start
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            loss_dict = self.model(data)
+        loss_dict = {k: v.float() for k, v in loss_dict.items()}
+        losses = sum(loss_dict.values())
+        self.optimizer.zero_grad()
+        losses.backward()
+        self._write_metrics(loss_dict, data_time)
+        self.optimizer.step()
+
+
+def build_step_trainer(cfg, model, data_loader, optimizer):
+    """SimpleTrainer, or with ``SOLVER.AMP.ENABLED`` AMPTrainer (CUDA: float16 with dynamic loss
+    scaling, which skips steps with inf/NaN gradients) / CPUAutocastTrainer (CPU: bfloat16)."""
+    if not cfg.SOLVER.AMP.ENABLED:
+        return SimpleTrainer(model, data_loader, optimizer)
+    if next(model.parameters()).is_cuda:
+        return AMPTrainer(model, data_loader, optimizer, grad_scaler=torch.amp.GradScaler("cuda"))
+    return CPUAutocastTrainer(model, data_loader, optimizer)
+
+
 class PillarsTrainer(DefaultTrainer):
     """``DefaultTrainer`` for PointPillars.
 
     Differences from detectron2's: the point-cloud train/test loaders; the nuScenes / Lyft
     evaluators; AdamW (``SOLVER.OPTIMIZER``) with ``SOLVER.CLIP_GRADIENTS``; AMP through
-    ``torch.amp`` (CUDA only); DDP that also runs on CPU processes (gloo); naive sync BN only
-    with several processes; checkpoints written atomically and stamped with the box-convention
-    version (:class:`PillarsCheckpointer`).
+    ``torch.amp`` (CUDA float16 with loss scaling, CPU bfloat16); DDP that also runs on CPU
+    processes (gloo); naive sync BN only with several processes; checkpoints written atomically
+    and stamped with the box-convention version (:class:`PillarsCheckpointer`).
     """
 
     def __init__(self, cfg):
@@ -105,18 +139,7 @@ class PillarsTrainer(DefaultTrainer):
         optimizer = self.build_optimizer(cfg, model)
         data_loader = self.build_train_loader(cfg)
         model = wrap_ddp(model)
-        if cfg.SOLVER.AMP.ENABLED:
-            if not next(model.parameters()).is_cuda:
-                raise ValueError(
-                    "SOLVER.AMP.ENABLED needs a CUDA device (MODEL.DEVICE is "
-                    f"'{cfg.MODEL.DEVICE}'); set SOLVER.AMP.ENABLED False for CPU training."
-                )
-            # Dynamic loss scaling: skips steps with inf/NaN gradients and lowers the scale.
-            self._trainer = AMPTrainer(
-                model, data_loader, optimizer, grad_scaler=torch.amp.GradScaler("cuda")
-            )
-        else:
-            self._trainer = SimpleTrainer(model, data_loader, optimizer)
+        self._trainer = build_step_trainer(cfg, model, data_loader, optimizer)
 
         self.scheduler = self.build_lr_scheduler(cfg, optimizer)
         self.checkpointer = PillarsCheckpointer(model, cfg.OUTPUT_DIR, trainer=weakref.proxy(self))
