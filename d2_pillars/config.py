@@ -195,7 +195,9 @@ def add_pillars_config(cfg):
     # Iterations between log lines / metrics.json records (detectron2 hard-codes 20).
     _C.SOLVER.LOG_PERIOD = 20
     _C.TEST.EVAL_OUTPUT_SUBDIR = "inference"
-    # Score threshold for BEV images the evaluators save next to the metrics (0 disables images).
+    # BEV images of the VIS_NUM_SAMPLES worst and best samples, saved by the evaluators in
+    # OUTPUT_DIR/inference/<dataset>/vis/ (0 disables them); predictions below VIS_SCORE_THRESH
+    # are neither drawn nor counted in the ranking.
     _C.TEST.VIS_SCORE_THRESH = 0.3
     _C.TEST.VIS_NUM_SAMPLES = 0
     # Lyft mAP implementation: "sdk" (the SDK's shapely loops), "fast" (vectorised, equal numbers)

@@ -51,11 +51,19 @@ def build_pillars_evaluator(cfg, dataset_name, output_folder=None):
     evaluator_type = MetadataCatalog.get(dataset_name).get("evaluator_type", None)
     if evaluator_type == "nuscenes":
         return NuScenesEvaluator(
-            dataset_name, output_dir=output_folder, plot=cfg.TEST.NUSCENES_PLOTS
+            dataset_name,
+            output_dir=output_folder,
+            plot=cfg.TEST.NUSCENES_PLOTS,
+            vis_num_samples=cfg.TEST.VIS_NUM_SAMPLES,
+            vis_score_thresh=cfg.TEST.VIS_SCORE_THRESH,
         )
     if evaluator_type == "lyft":
         return LyftEvaluator(
-            dataset_name, output_dir=output_folder, method=cfg.TEST.LYFT_MAP_METHOD
+            dataset_name,
+            output_dir=output_folder,
+            method=cfg.TEST.LYFT_MAP_METHOD,
+            vis_num_samples=cfg.TEST.VIS_NUM_SAMPLES,
+            vis_score_thresh=cfg.TEST.VIS_SCORE_THRESH,
         )
     raise ValueError(
         f"Dataset '{dataset_name}' has evaluator_type {evaluator_type!r}; d2_pillars evaluates "

@@ -1,5 +1,6 @@
 """What the nuScenes and Lyft evaluators share: collecting per-sample predictions in the global
-frame on every rank, and merging them on the main rank."""
+frame on every rank, merging them on the main rank, and the BEV images of the worst and best
+samples saved next to the metrics."""
 
 import numpy as np
 import torch
@@ -10,7 +11,16 @@ from detectron2.utils import comm
 
 import itertools
 import logging
+import math
+import os
 from typing import Dict, List, Optional, Sequence, Tuple
+
+from .examples import (
+    VIS_SUBDIR,
+    lidar_frame_predictions,
+    merge_sample_entries,
+    save_evaluation_examples,
+)
 
 __all__ = ["GlobalFrameEvaluator", "merge_predictions", "to_numpy_pose", "dataset_metadata"]
 
@@ -80,16 +90,50 @@ class GlobalFrameEvaluator(DatasetEvaluator):
     (``pred_boxes3d: LiDARBoxes`` in the keyframe LiDAR frame, ``scores``, ``pred_classes``)
     with the input's ``lidar2ego`` and ``ego2global`` into devkit box dicts in the global frame
     (subclasses implement :meth:`convert`); ``evaluate`` gathers them on the main rank.
+
+    With ``vis_num_samples > 0`` it also keeps each sample's LiDAR-frame predictions scored at
+    least ``vis_score_thresh`` (boxes only), and after scoring the subclass calls
+    :meth:`_save_examples`, which writes BEV images of the ``vis_num_samples`` worst and best
+    samples to ``output_dir/vis/`` (:func:`.examples.save_evaluation_examples`).
     """
 
-    def __init__(self, dataset_name: str, class_names: Sequence[str], distributed: bool = True):
+    def __init__(
+        self,
+        dataset_name: str,
+        class_names: Sequence[str],
+        distributed: bool = True,
+        *,
+        output_dir: Optional[str] = None,
+        vis_num_samples: int = 0,
+        vis_score_thresh: float = 0.3,
+    ):
+        if int(vis_num_samples) != vis_num_samples or vis_num_samples < 0:
+            raise ValueError(
+                f"vis_num_samples (TEST.VIS_NUM_SAMPLES) must be an integer >= 0 (0: no images), "
+                f"got {vis_num_samples!r}"
+            )
+        if not math.isfinite(float(vis_score_thresh)):
+            raise ValueError(
+                f"vis_score_thresh (TEST.VIS_SCORE_THRESH) must be finite, got {vis_score_thresh}"
+            )
         self._dataset_name = dataset_name
         self._class_names = list(class_names)
         self._distributed = distributed
+        self._output_dir = output_dir
+        self._vis_num_samples = int(vis_num_samples)
+        self._vis_score_thresh = float(vis_score_thresh)
         self._predictions: List[SamplePredictions] = []
+        self._vis_predictions: List[Tuple[str, dict]] = []
+        self._gathered_vis: Dict[str, dict] = {}
+
+    @property
+    def _vis_enabled(self) -> bool:
+        return self._vis_num_samples > 0 and self._output_dir is not None
 
     def reset(self):
         self._predictions = []
+        self._vis_predictions = []
+        self._gathered_vis = {}
 
     def convert(
         self, sample_token: str, instances, lidar2global: np.ndarray, ego2global: np.ndarray
@@ -106,17 +150,52 @@ class GlobalFrameEvaluator(DatasetEvaluator):
             self._predictions.append(
                 (token, self.convert(token, instances, ego2global @ lidar2ego, ego2global))
             )
+            if self._vis_enabled:
+                self._vis_predictions.append(
+                    (token, lidar_frame_predictions(instances, self._vis_score_thresh))
+                )
 
     def _gathered_results(self) -> Optional[Dict[str, List[dict]]]:
-        """``{token: boxes}`` over all ranks on the main rank; None on the others."""
+        """``{token: boxes}`` over all ranks on the main rank; None on the others.
+
+        A collective call: every rank must make it. The LiDAR-frame predictions kept for the
+        example images travel in the same gather (into ``self._gathered_vis``).
+        """
+        payload = (self._predictions, self._vis_predictions)
         if self._distributed and comm.get_world_size() > 1:
             comm.synchronize()
-            per_rank = comm.gather(self._predictions, dst=0)
+            per_rank = comm.gather(payload, dst=0)
             if not comm.is_main_process():
                 return None
         else:
-            per_rank = [self._predictions]
-        return merge_predictions(per_rank)
+            per_rank = [payload]
+        self._gathered_vis = merge_sample_entries([vis for _, vis in per_rank])
+        return merge_predictions([preds for preds, _ in per_rank])
+
+    def _save_examples(self) -> List[dict]:
+        """BEV images of the worst and best samples into ``output_dir/vis/`` (main rank, after
+        :meth:`_gathered_results`). Never raises: a failure is logged as a warning."""
+        if not self._vis_enabled or not self._gathered_vis:
+            return []
+        out_dir = os.path.join(self._output_dir, VIS_SUBDIR)
+        try:
+            return save_evaluation_examples(
+                self._dataset_name,
+                self._gathered_vis,
+                out_dir,
+                self._class_names,
+                num_samples=self._vis_num_samples,
+                score_thresh=self._vis_score_thresh,
+            )
+        except Exception as e:  # images are a convenience: never lose the metrics for them
+            logger.warning(
+                f"Could not save the BEV example images of '{self._dataset_name}' to {out_dir} "
+                f"({type(e).__name__}: {e}); the metrics are unaffected.",
+                exc_info=True,
+            )
+            return []
+        finally:
+            self._gathered_vis = {}
 
     def _labels_to_names(self, labels: np.ndarray) -> np.ndarray:
         if len(labels) and (labels.min() < 0 or labels.max() >= len(self._class_names)):

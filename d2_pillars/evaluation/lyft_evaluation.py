@@ -114,6 +114,14 @@ def _score_lyft(
         source=source,
         split=f"dataset '{dataset_name}' (Lyft {metadata.version} split '{metadata.eval_split}')",
     )
+    predictions = [box for token in tokens for box in results[token]]
+    unknown = sorted(map(str, {box["name"] for box in predictions} - set(metadata.thing_classes)))
+    if unknown:
+        raise ResultsFileError(
+            f"Results from {source}: unknown class names {unknown}; the classes of "
+            f"'{dataset_name}' are {list(metadata.thing_classes)}. Map your classes to these "
+            "names before scoring."
+        )
     if write_files and output_dir is not None:
         json_path = os.path.join(output_dir, LYFT_RESULTS_JSON)
         csv_path = os.path.join(output_dir, LYFT_RESULTS_CSV)
@@ -130,7 +138,6 @@ def _score_lyft(
             "annotation (a test split?): nothing is scored; submit the CSV to Kaggle."
         )
         return {}
-    predictions = [box for token in tokens for box in results[token]]
     gt_names = {box["name"] for box in gt}
     ignored = sorted({box["name"] for box in predictions} - gt_names)
     if ignored:
@@ -169,7 +176,8 @@ class LyftEvaluator(GlobalFrameEvaluator):
     ground truth, fractions) on the main rank and ``{}`` elsewhere.
 
     Files in ``output_dir``: ``results_lyft.json`` (SDK box dicts), ``results_lyft.csv`` (the
-    Kaggle submission) and ``lyft_metrics.json`` (AP per class and threshold).
+    Kaggle submission), ``lyft_metrics.json`` (AP per class and threshold) and, with
+    ``vis_num_samples``, BEV images of the worst and best samples in ``vis/``.
     """
 
     def __init__(
@@ -179,6 +187,8 @@ class LyftEvaluator(GlobalFrameEvaluator):
         *,
         distributed: bool = True,
         method: str = "auto",
+        vis_num_samples: int = 0,
+        vis_score_thresh: float = 0.3,
     ):
         """
         Args:
@@ -187,12 +197,24 @@ class LyftEvaluator(GlobalFrameEvaluator):
             distributed (bool): gather predictions from every rank.
             method (str): "sdk" (the SDK's shapely loops), "fast" (vectorised, equal numbers) or
                 "auto" (the SDK up to 1000 predictions, else fast).
+            vis_num_samples (int): after scoring, save BEV images (points, ground truth,
+                predictions) of this many worst and this many best samples, ranked by a
+                per-sample F1 (centre distance < 2 m, same class), to ``output_dir/vis/``
+                (``TEST.VIS_NUM_SAMPLES``; 0: none). Needs ``output_dir``.
+            vis_score_thresh (float): predictions scored below it are neither drawn nor counted
+                in that F1 (``TEST.VIS_SCORE_THRESH``).
         """
         if method not in ("auto", "sdk", "fast"):
             raise ValueError(f"Lyft mAP method must be 'auto', 'sdk' or 'fast'; got {method!r}")
         meta = dataset_metadata(dataset_name, "lyft")
-        super().__init__(dataset_name, meta.thing_classes, distributed)
-        self._output_dir = output_dir
+        super().__init__(
+            dataset_name,
+            meta.thing_classes,
+            distributed,
+            output_dir=output_dir,
+            vis_num_samples=vis_num_samples,
+            vis_score_thresh=vis_score_thresh,
+        )
         self._method = method
 
     def convert(self, sample_token, instances, lidar2global, ego2global) -> List[dict]:
@@ -220,7 +242,7 @@ class LyftEvaluator(GlobalFrameEvaluator):
         results = self._gathered_results()
         if results is None:
             return {}
-        return _score_lyft(
+        metrics = _score_lyft(
             results,
             self._dataset_name,
             self._output_dir,
@@ -228,6 +250,8 @@ class LyftEvaluator(GlobalFrameEvaluator):
             write_files=True,
             method=self._method,
         )
+        self._save_examples()
+        return metrics
 
 
 def evaluate_lyft_results(

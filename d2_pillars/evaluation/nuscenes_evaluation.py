@@ -240,7 +240,8 @@ class NuScenesEvaluator(GlobalFrameEvaluator):
     on the main rank (fractions, not percent) and ``{}`` on the others.
 
     Files in ``output_dir``: ``results_nusc.json`` (the submission), ``metrics_summary.json``,
-    ``metrics_details.json`` and, with ``plot``, the devkit's curves in ``plots/``.
+    ``metrics_details.json``, with ``plot`` the devkit's curves in ``plots/``, and with
+    ``vis_num_samples`` BEV images of the worst and best samples in ``vis/``.
     """
 
     def __init__(
@@ -251,6 +252,8 @@ class NuScenesEvaluator(GlobalFrameEvaluator):
         distributed: bool = True,
         plot: bool = False,
         max_boxes_per_sample: int = 500,
+        vis_num_samples: int = 0,
+        vis_score_thresh: float = 0.3,
     ):
         """
         Args:
@@ -259,11 +262,24 @@ class NuScenesEvaluator(GlobalFrameEvaluator):
             distributed (bool): gather predictions from every rank (as COCOEvaluator).
             plot (bool): also render the devkit's PR/TP curves (slow).
             max_boxes_per_sample (int): keep the highest-scored boxes (the devkit allows 500).
+            vis_num_samples (int): after scoring, save BEV images (points, ground truth,
+                predictions) of this many worst and this many best samples, ranked by a
+                per-sample F1 (centre distance < 2 m, same class), to ``output_dir/vis/``
+                (``TEST.VIS_NUM_SAMPLES``; 0: none). Needs ``output_dir``.
+            vis_score_thresh (float): predictions scored below it are neither drawn nor counted
+                in that F1 (``TEST.VIS_SCORE_THRESH``).
         """
         from nuscenes.eval.detection.utils import detection_name_to_rel_attributes
 
         meta = dataset_metadata(dataset_name, "nuscenes")
-        super().__init__(dataset_name, meta.thing_classes, distributed)
+        super().__init__(
+            dataset_name,
+            meta.thing_classes,
+            distributed,
+            output_dir=output_dir,
+            vis_num_samples=vis_num_samples,
+            vis_score_thresh=vis_score_thresh,
+        )
         cfg = _eval_config()
         unknown = [c for c in self._class_names if c not in cfg.class_range]
         if unknown:
@@ -279,7 +295,6 @@ class NuScenesEvaluator(GlobalFrameEvaluator):
                 f"max_boxes_per_sample must be in [1, {cfg.max_boxes_per_sample}], "
                 f"got {max_boxes_per_sample}"
             )
-        self._output_dir = output_dir
         self._plot = plot
         self._max_boxes = max_boxes_per_sample
         self._range_by_label = np.array(
@@ -329,13 +344,15 @@ class NuScenesEvaluator(GlobalFrameEvaluator):
         results = self._gathered_results()
         if results is None:
             return {}
-        return _score_nuscenes(
+        metrics = _score_nuscenes(
             results,
             self._dataset_name,
             self._output_dir,
             source=f"the {len(results)} samples processed by the evaluator",
             plot=self._plot,
         )
+        self._save_examples()
+        return metrics
 
 
 def evaluate_nuscenes_results(
