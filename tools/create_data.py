@@ -12,11 +12,11 @@ Writes ``{root}/{dataset}_infos_{split}.pkl`` per split (``--out`` changes the f
 ``--check`` only lists the missing or corrupt LiDAR files (keyframes and sweeps) and exits
 with status 1 if there are any.
 """
-from d2_pillars.data.datasets import DATASET_SPECS, check_dataset_files, create_infos
-
 import argparse
 import logging
 import sys
+
+from d2_pillars.data.datasets import DATASET_SPECS, check_dataset_files, create_infos
 
 
 def parse_args(argv=None):
@@ -58,6 +58,12 @@ def main(argv=None):
         for path, problem in problems:
             print(f"{problem}: {path}")
         print(f"checked {n} LiDAR files of {args.dataset} {args.version}: {len(problems)} bad")
+        if problems:
+            print(
+                "Fix: restore missing or corrupt files from the dataset archives; a corrupt "
+                "file's partial last point can also be cut off with `truncate -s SIZE FILE` "
+                "(SIZE = a multiple of 4 x load_dim bytes). Then run --check again."
+            )
         return 1 if problems else 0
     written = create_infos(
         spec,

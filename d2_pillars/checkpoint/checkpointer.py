@@ -7,19 +7,19 @@
   ``"box_convention_version"``; loading one of another version is an error naming the file.
 - Saves are atomic (temporary file + rename), so an interrupted save never leaves a truncated
   ``model_*.pth`` or ``last_checkpoint`` behind.
-- Loads use ``torch.load(..., weights_only=True)`` (no arbitrary unpickling); only detectron2's
-  ``.pkl`` model-zoo format is read with ``pickle`` as detectron2 does.
+- Loads use ``torch.load(..., weights_only=True)`` (no arbitrary unpickling); detectron2's
+  ``.pkl`` model-zoo format (numpy arrays) is read with a restricted unpickler that builds only
+  builtin containers and numpy arrays.
 """
+import logging
+import os
+from typing import Any
 import torch
 
 from detectron2.checkpoint import DetectionCheckpointer
 
 from d2_pillars.structures import BOX_CONVENTION_VERSION
-from d2_pillars.utils.file_io import atomic_open
-
-import logging
-import os
-from typing import Any
+from d2_pillars.utils.file_io import RestrictedUnpickler, atomic_open
 
 from .regnet_converter import (
     CONVERTER_AUTHOR,
@@ -103,10 +103,30 @@ class PillarsCheckpointer(DetectionCheckpointer):
         with atomic_open(os.path.join(self.save_dir, "last_checkpoint"), "w") as f:
             f.write(last_filename_basename)
 
+    def _load_pkl(self, filename: str) -> dict:
+        """detectron2 / Detectron model-zoo pickles, read as detectron2 reads them but with a
+        restricted unpickler (numpy arrays and builtin containers only)."""
+        with open(filename, "rb") as f:
+            data = RestrictedUnpickler(
+                f,
+                path=filename,
+                encoding="latin1",
+                hint="A .pkl checkpoint must hold only numpy arrays (detectron2's model-zoo "
+                "format); save other checkpoints with PillarsCheckpointer (.pth).",
+            ).load()
+        if not isinstance(data, dict):
+            raise RegNetCheckpointError(f"{filename} holds a {type(data).__name__}, not a dict.")
+        if "model" in data and "__author__" in data:  # detectron2 model-zoo format
+            self.logger.info(f"Reading a file from '{data['__author__']}'")
+            return data
+        if "blobs" in data:  # Caffe2 / Detectron1 detection models
+            data = data["blobs"]
+        data = {k: v for k, v in data.items() if not k.endswith("_momentum")}
+        return {"model": data, "__author__": "Caffe2", "matching_heuristics": True}
+
     def _load_file(self, filename: str) -> dict:
         if filename.endswith(".pkl"):
-            # detectron2 / Detectron model-zoo pickles (numpy arrays): detectron2's own reader.
-            data = super()._load_file(filename)
+            data = self._load_pkl(filename)
         else:
             obj = load_weights_file(filename)
             fmt = detect_source_format(obj)

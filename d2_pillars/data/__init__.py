@@ -15,12 +15,14 @@ from .datasets import (
     register_lyft,
     register_nuscenes,
 )
-from .mapper import PointCloudMapper
+from .mapper import PointCloudMapper, SampleRecordError, check_record
 from .points import PointFileError, load_lidar_file, load_points
 from .transforms import GlobalTransform3D, RandomGlobalTransform3D
 
 __all__ = [
     "PointCloudMapper",
+    "SampleRecordError",
+    "check_record",
     "build_pillars_train_loader",
     "build_pillars_test_loader",
     "register_nuscenes",

@@ -12,26 +12,203 @@ Pipeline (the reference's train and test pipelines; steps 2 and 3 commute):
    transforms: each point is transformed once), drop NaN/inf points (``points.load_points``);
 4. keep points strictly inside ``INPUT.POINT_CLOUD_RANGE``, shuffle them (training), voxelize.
 
+Before any of this the dict is checked (:func:`check_record`): a malformed record (a missing
+key, a transform that is not a finite rigid 4x4 matrix, ground-truth arrays of different lengths,
+a box that is not finite or has a size <= 0, a label other than -1 or ``0..NUM_CLASSES-1``) raises
+:class:`SampleRecordError` naming the sample and its LiDAR file. Records written by
+``tools/create_data.py`` pass (info building drops invalid boxes with a warning); a failing one
+comes from a damaged or hand-made info file.
+
 Runs in data-loader workers on the CPU; every step is vectorised.
 """
 
+import logging
+import numbers
 import numpy as np
+import os
+from typing import Optional, Sequence, Tuple
 import torch
 
 from detectron2.config import configurable
 
 from d2_pillars.structures import LiDARBoxes
 
-import logging
-import os
-from typing import Optional, Sequence
-
 from .points import feature_columns, load_points
 from .transforms import RandomGlobalTransform3D
 
-__all__ = ["PointCloudMapper"]
+__all__ = ["PointCloudMapper", "SampleRecordError", "check_record"]
 
 logger = logging.getLogger(__name__)
+
+_REQUIRED_KEYS = ("sample_token", "timestamp", "lidar_path", "lidar2ego", "ego2global")
+# Largest absolute box value accepted (m, rad, m/s): anything beyond is a unit or frame error.
+_MAX_BOX_VALUE = 1e6
+# Tolerance on R @ R.T == I and on the last row of a rigid transform.
+_RIGID_TOL = 1e-3
+
+
+class SampleRecordError(ValueError):
+    """A dataset dict (one info record) is malformed; the message names the sample token, its
+    LiDAR file and what is wrong. Raised by :func:`check_record` (and so by
+    :class:`PointCloudMapper`); problems with the LiDAR files themselves raise
+    :class:`~d2_pillars.data.points.PointFileError`."""
+
+
+def _record_error(record, problem: str) -> SampleRecordError:
+    token = record.get("sample_token", "<no sample_token>")
+    path = record.get("lidar_path", "<no lidar_path>")
+    return SampleRecordError(
+        f"Sample {token!r} (LiDAR file {path}): {problem}. Info records written by "
+        "tools/create_data.py never look like this: the info file is damaged or was not built by "
+        "d2_pillars; rebuild it with `python tools/create_data.py <nuscenes|lyft> --root "
+        "DATASET_ROOT --version VERSION`."
+    )
+
+
+def _check_rigid(record, values, names) -> None:
+    """Each of ``values`` must be a finite rigid 4x4 transform (checked together)."""
+    mats = []
+    for value, what in zip(values, names):  # at most a few tens of sweeps
+        try:
+            m = np.asarray(value, dtype=np.float64)
+        except (TypeError, ValueError) as e:
+            raise _record_error(record, f"{what} is not a numeric 4x4 matrix ({e})") from None
+        if m.shape != (4, 4):
+            raise _record_error(record, f"{what} must be a 4x4 matrix, got shape {m.shape}")
+        mats.append(m)
+    m = np.stack(mats)  # (S, 4, 4)
+    finite = np.isfinite(m).all(axis=(1, 2))
+    if not finite.all():
+        raise _record_error(record, f"{names[int(np.argmin(finite))]} holds NaN or inf values")
+    rot = m[:, :3, :3]
+    rigid = (np.abs(m[:, 3] - (0.0, 0.0, 0.0, 1.0)).max(axis=1) <= _RIGID_TOL) & (
+        np.abs(rot @ rot.transpose(0, 2, 1) - np.eye(3)).max(axis=(1, 2)) <= _RIGID_TOL
+    )
+    rigid &= np.linalg.det(rot) > 0
+    if not rigid.all():
+        what = names[int(np.argmin(rigid))]
+        raise _record_error(record, f"{what} is not a rigid transform (rotation + translation)")
+
+
+def _finite_number(record, value, what: str) -> float:
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
+        raise _record_error(record, f"{what} must be a number, got {type(value).__name__}")
+    if not np.isfinite(float(value)):
+        raise _record_error(record, f"{what} is {value}")
+    return float(value)
+
+
+def _integer_array(record, value, what: str, length: int) -> np.ndarray:
+    a = np.asarray(value)
+    if a.size == 0 and length == 0:
+        return np.zeros(0, dtype=np.int64)
+    if a.dtype.kind not in "iu" or a.shape != (length,):
+        raise _record_error(
+            record,
+            f"'{what}' must be ({length},) integers like 'gt_boxes', got {a.dtype} {a.shape}",
+        )
+    return a.astype(np.int64)
+
+
+def _ground_truth_arrays(record, num_classes: Optional[int], need_num_points: bool):
+    """Checked ``(boxes (K, 7|9) float32, labels (K,) int64, num_lidar_pts (K,) int64 | None)``."""
+    try:
+        boxes = np.asarray(record["gt_boxes"], dtype=np.float32)
+    except (TypeError, ValueError) as e:
+        raise _record_error(record, f"'gt_boxes' is not a numeric (K, 7|9) array ({e})") from None
+    if boxes.size == 0:
+        boxes = boxes.reshape(0, boxes.shape[-1] if boxes.ndim == 2 else 7)
+    if boxes.ndim != 2 or boxes.shape[1] not in (7, 9):
+        raise _record_error(record, f"'gt_boxes' must be (K, 7) or (K, 9), got {boxes.shape}")
+    k = boxes.shape[0]
+    if "gt_labels" not in record:
+        raise _record_error(record, "it has 'gt_boxes' but no 'gt_labels'")
+    labels = _integer_array(record, record["gt_labels"], "gt_labels", k)
+    num = None
+    if need_num_points:
+        if "num_lidar_pts" not in record:
+            raise _record_error(record, "it has 'gt_boxes' but no 'num_lidar_pts'")
+        num = _integer_array(record, record["num_lidar_pts"], "num_lidar_pts", k)
+    if k:
+        finite = np.isfinite(boxes).all(axis=1) & (np.abs(boxes).max(axis=1) < _MAX_BOX_VALUE)
+        if not finite.all():
+            bad = np.flatnonzero(~finite)
+            raise _record_error(
+                record,
+                f"{bad.size} of {k} gt_boxes hold NaN, inf or values beyond {_MAX_BOX_VALUE:g} "
+                f"(first: index {bad[0]}, {boxes[bad[0]].tolist()})",
+            )
+        positive = (boxes[:, 3:6] > 0).all(axis=1)
+        if not positive.all():
+            bad = np.flatnonzero(~positive)
+            raise _record_error(
+                record,
+                f"{bad.size} of {k} gt_boxes have a size (l, w, h) <= 0 (first: index {bad[0]}, "
+                f"{boxes[bad[0], 3:6].tolist()})",
+            )
+        upper = num_classes if num_classes is not None else np.iinfo(np.int64).max
+        wrong = (labels < -1) | (labels >= upper)
+        if wrong.any():
+            allowed = "-1 (unmapped)" + (
+                f" or 0..{num_classes - 1}" if num_classes is not None else " or >= 0"
+            )
+            raise _record_error(
+                record,
+                f"gt_labels {sorted(set(labels[wrong].tolist()))} are not {allowed} (the "
+                "classes of MODEL.ANCHOR3D_HEAD.NUM_CLASSES)",
+            )
+    return boxes, labels, num
+
+
+def check_record(
+    record: dict, *, num_classes: Optional[int] = None, need_num_points: bool = False
+) -> Tuple[Optional[np.ndarray], Optional[np.ndarray], Optional[np.ndarray]]:
+    """Check a dataset dict (format in ``docs/internals.md``) before mapping it.
+
+    Checks the keys the mapper and the evaluators read: ``sample_token``, ``timestamp`` (finite),
+    ``lidar_path``, ``lidar2ego`` and ``ego2global`` and every sweep's ``sweep2lidar`` (finite
+    rigid 4x4), sweep ``lidar_path`` and ``timestamp``; with ``gt_boxes``: ``(K, 7|9)`` finite
+    boxes with sizes > 0 and ``|value| < 1e6``, ``gt_labels`` ``(K,)`` integers, each -1
+    (unmapped: ignored) or in ``[0, num_classes)``, and with ``need_num_points``
+    ``num_lidar_pts`` ``(K,)``. An empty ``gt_boxes`` of any shape with no element is read as
+    ``(0, 7)``. The files are not read here (see ``points.load_lidar_file``).
+
+    Returns:
+        (boxes, labels, num_lidar_pts): the ground-truth arrays (float32 (K, 7|9), int64 (K,),
+        int64 (K,) or None), all None when the record has no ``gt_boxes``.
+
+    Raises:
+        SampleRecordError: naming the sample token and its LiDAR file.
+    """
+    if not isinstance(record, dict):
+        raise SampleRecordError(f"A dataset dict must be a dict, got {type(record).__name__}")
+    missing = [k for k in _REQUIRED_KEYS if k not in record]
+    if missing:
+        raise _record_error(record, f"it lacks the keys {missing}")
+    if not isinstance(record["lidar_path"], (str, os.PathLike)):
+        raise _record_error(record, "'lidar_path' must be a path")
+    _finite_number(record, record["timestamp"], "'timestamp'")
+    matrices = [record["lidar2ego"], record["ego2global"]]
+    names = ["'lidar2ego'", "'ego2global'"]
+    sweeps = record.get("sweeps", [])
+    if not isinstance(sweeps, (list, tuple)):
+        raise _record_error(record, f"'sweeps' must be a list, got {type(sweeps).__name__}")
+    for i, sweep in enumerate(sweeps):  # at most a few tens of sweeps
+        if not isinstance(sweep, dict):
+            raise _record_error(record, f"sweeps[{i}] is a {type(sweep).__name__}, not a dict")
+        lacking = [k for k in ("lidar_path", "timestamp", "sweep2lidar") if k not in sweep]
+        if lacking:
+            raise _record_error(record, f"sweeps[{i}] lacks the keys {lacking}")
+        what = f"sweeps[{i}] ({sweep['lidar_path']})"
+        if not isinstance(sweep["lidar_path"], (str, os.PathLike)):
+            raise _record_error(record, f"{what}: 'lidar_path' must be a path")
+        _finite_number(record, sweep["timestamp"], f"{what} 'timestamp'")
+        matrices.append(sweep["sweep2lidar"])
+        names.append(f"{what} 'sweep2lidar'")
+    _check_rigid(record, matrices, names)
+    if "gt_boxes" not in record:
+        return None, None, None
+    return _ground_truth_arrays(record, num_classes, need_num_points)
 
 
 class PointCloudMapper:
@@ -61,6 +238,7 @@ class PointCloudMapper:
         min_gt_lidar_points: int = 0,
         filter_empty_gt: bool = False,
         keep_points: bool = False,
+        num_classes: Optional[int] = None,
     ):
         """
         Args:
@@ -79,6 +257,7 @@ class PointCloudMapper:
                 boxes with an unknown, negative count are kept).
             filter_empty_gt: in training, return None when no GT box is left.
             keep_points: also output the filtered (and shuffled) point cloud.
+            num_classes: labels must be -1 or below this (None: not checked).
         """
         self.is_train = is_train
         self.voxelizer = voxelizer
@@ -94,6 +273,9 @@ class PointCloudMapper:
         self.min_gt_lidar_points = int(min_gt_lidar_points)
         self.filter_empty_gt = bool(filter_empty_gt) and is_train
         self.keep_points = bool(keep_points)
+        self.num_classes = None if num_classes is None else int(num_classes)
+        # The point-count filter (and so ``num_lidar_pts``) is used in training only.
+        self._need_num_points = is_train and self.min_gt_lidar_points > 0
         self._rng_pid = None
         self._generator = None
         self._torch_generator = None
@@ -120,6 +302,7 @@ class PointCloudMapper:
             "min_gt_lidar_points": cfg.INPUT.MIN_GT_LIDAR_POINTS,
             "filter_empty_gt": cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS,
             "keep_points": cfg.INPUT.KEEP_POINTS,
+            "num_classes": cfg.MODEL.ANCHOR3D_HEAD.NUM_CLASSES,
         }
 
     def __getstate__(self):
@@ -140,13 +323,17 @@ class PointCloudMapper:
             self._rng_pid = pid
         return self._generator
 
-    def _ground_truth(self, dataset_dict, transform):
-        boxes = np.asarray(dataset_dict["gt_boxes"], dtype=np.float32)
-        labels = np.asarray(dataset_dict["gt_labels"], dtype=np.int64)
+    def _ground_truth(self, dataset_dict, transform, arrays=None):
+        """Boxes (augmented, in range, yaw wrapped) and labels of the kept ground truth.
+
+        ``arrays``: ``check_record``'s ``(boxes, labels, num_lidar_pts)`` when already checked.
+        """
+        if arrays is None:
+            arrays = _ground_truth_arrays(dataset_dict, self.num_classes, self._need_num_points)
+        boxes, labels, num = arrays
         keep = labels >= 0
-        if self.is_train and self.min_gt_lidar_points > 0:
+        if num is not None:
             # A negative count means unknown (-1 everywhere in the Lyft release): keep those.
-            num = np.asarray(dataset_dict["num_lidar_pts"])
             keep &= (num < 0) | (num >= self.min_gt_lidar_points)
         boxes = LiDARBoxes(torch.from_numpy(np.ascontiguousarray(boxes[keep])))
         labels = torch.from_numpy(labels[keep])
@@ -174,6 +361,9 @@ class PointCloudMapper:
         return points if mask.all() else points[mask]
 
     def __call__(self, dataset_dict: dict) -> Optional[dict]:
+        arrays = check_record(
+            dataset_dict, num_classes=self.num_classes, need_num_points=self._need_num_points
+        )
         rng = self._rng()
         transform = self.augmentation(rng) if self.augmentation is not None else None
         out = {
@@ -182,8 +372,8 @@ class PointCloudMapper:
             "lidar2ego": dataset_dict["lidar2ego"],
             "ego2global": dataset_dict["ego2global"],
         }
-        if "gt_boxes" in dataset_dict:
-            boxes, classes = self._ground_truth(dataset_dict, transform)
+        if arrays[0] is not None:
+            boxes, classes = self._ground_truth(dataset_dict, transform, arrays)
             if self.filter_empty_gt and len(boxes) == 0:
                 return None  # before reading any file
             out["gt_boxes3d"] = boxes

@@ -14,12 +14,11 @@ columns are picked by name (``INPUT.POINT_FEATURES``) from the file columns and 
 Each file is read once (``np.fromfile``) and each point written once into the output array.
 """
 
-import numpy as np
-import torch
-
 import logging
+import numpy as np
 import os
 from typing import List, Optional, Sequence, Tuple
+import torch
 
 __all__ = [
     "FILE_COLUMNS",
@@ -65,13 +64,18 @@ def load_lidar_file(path: str, load_dim: int = 5) -> np.ndarray:
         ) from None
     with f:
         size = os.fstat(f.fileno()).st_size
-        if size % (4 * load_dim):
+        point_bytes = 4 * load_dim
+        if size % point_bytes:
+            whole = size - size % point_bytes
             raise PointFileError(
                 f"LiDAR file {path} has {size} bytes, not a whole number of points of "
-                f"{load_dim} float32 values: it is truncated or corrupt (the Lyft release has one "
-                "such file, host-a011_lidar1_1233090652702363606.bin). Repair or remove it; "
-                "`python tools/create_data.py <nuscenes|lyft> --root DATASET_ROOT --version "
-                "VERSION --check` lists every such file."
+                f"{load_dim} float32 values ({point_bytes} bytes): it is truncated or corrupt "
+                "(the Lyft release has one such file, host-a011_lidar1_1233090652702363606.bin, "
+                "whose last point lacks its last 2 values). Fix: restore the file from the "
+                f"dataset archive, or drop the partial last point with `truncate -s {whole} "
+                f"{path}` (the reference's lyft_data_fixer.py instead appends the missing values "
+                "100.0, 1.0). `python tools/create_data.py <nuscenes|lyft> --root DATASET_ROOT "
+                "--version VERSION --check` lists every such file."
             )
         data = np.fromfile(f, dtype=np.float32)
     return data.reshape(-1, load_dim)

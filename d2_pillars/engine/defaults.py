@@ -1,13 +1,13 @@
 """What ``tools/train_net.py`` runs: config setup, argument parser, and ``main``."""
 
+import logging
+import os
+
 from detectron2.config import get_cfg
 from detectron2.engine import default_argument_parser, default_setup
 from detectron2.evaluation import verify_results
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
-
-import logging
-import os
 
 from ..checkpoint import PillarsCheckpointer
 from ..config import add_pillars_config
@@ -54,14 +54,33 @@ def load_config(config_file="", opts=()):
                 f"{config_file}: {e.args[0] if e.args else e}. Check the key's spelling against "
                 "d2_pillars/config.py and detectron2's defaults."
             ) from None
+    opts = list(opts)
+    if len(opts) % 2:
+        raise ValueError(f"Config overrides must be KEY VALUE pairs; got an odd list: {opts}")
+    for key in opts[0::2]:
+        # yacs reports an unknown override key with an assert (stripped by python -O).
+        if not (cfg.key_is_deprecated(key) or cfg.key_is_renamed(key) or _has_key(cfg, key)):
+            raise KeyError(
+                f"command-line override: Non-existent config key: {key}. Check the key's "
+                "spelling against d2_pillars/config.py and detectron2's defaults."
+            )
     try:
-        cfg.merge_from_list(list(opts))
+        cfg.merge_from_list(opts)
     except KeyError as e:
         raise KeyError(
             f"command-line override: {e.args[0] if e.args else e}. Check the key's spelling "
             "against d2_pillars/config.py and detectron2's defaults."
         ) from None
     return cfg
+
+
+def _has_key(cfg, full_key: str) -> bool:
+    node = cfg
+    for part in str(full_key).split("."):
+        if not isinstance(node, dict) or part not in node:
+            return False
+        node = node[part]
+    return True
 
 
 def setup(args):

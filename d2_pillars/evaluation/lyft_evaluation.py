@@ -6,16 +6,15 @@ unfiltered. The metric is the SDK's (``lyft_dataset_sdk.eval.detection.mAP_evalu
 either by the SDK itself or by the equal vectorised path of :mod:`.lyft_map` (``method``).
 """
 
+import logging
 import numpy as np
+import os
+from collections import OrderedDict
+from typing import Dict, List, Optional, Sequence
 from tabulate import tabulate
 
 from detectron2.data import DatasetCatalog
 from detectron2.utils import comm
-
-import logging
-import os
-from collections import OrderedDict
-from typing import Dict, List, Optional, Sequence
 
 from .common import GlobalFrameEvaluator, dataset_metadata
 from .lyft_map import LYFT_IOU_THRESHOLDS, lyft_map

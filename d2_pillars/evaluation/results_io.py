@@ -16,16 +16,15 @@ Formats (all boxes in the global frame):
   quaternion, pyquaternion's ``yaw_pitch_roll[0]``), empty for a sample without boxes.
 """
 
-import numpy as np
-
-from d2_pillars.utils.file_io import atomic_open
-
 import csv
 import io
 import json
 import math
+import numpy as np
 import os
 from typing import Dict, Iterable, List, Optional, Sequence, Tuple
+
+from d2_pillars.utils.file_io import atomic_open
 
 __all__ = [
     "ResultsFileError",
@@ -121,10 +120,32 @@ def write_nuscenes_results(
     write_json(path, {"meta": dict(meta or NUSCENES_META), "results": results})
 
 
+def _check_nuscenes_names(results: Dict[str, List[dict]], path: str) -> None:
+    """Every ``detection_name`` / ``attribute_name`` must be one the devkit knows (it would
+    otherwise stop on an ``AssertionError`` that names neither the file nor the sample)."""
+    from nuscenes.eval.detection.constants import ATTRIBUTE_NAMES, DETECTION_NAMES
+
+    names = {b["detection_name"] for boxes in results.values() for b in boxes}
+    unknown = sorted(map(str, names - set(DETECTION_NAMES)))
+    if unknown:
+        raise ResultsFileError(
+            f"{path}: unknown detection_name {unknown}; the nuScenes detection classes are "
+            f"{list(DETECTION_NAMES)}. Map your classes to these names before scoring."
+        )
+    attributes = {b["attribute_name"] for boxes in results.values() for b in boxes}
+    unknown = sorted(map(str, attributes - set(ATTRIBUTE_NAMES) - {""}))
+    if unknown:
+        raise ResultsFileError(
+            f"{path}: unknown attribute_name {unknown}; use one of {list(ATTRIBUTE_NAMES)} or ''"
+        )
+
+
 def load_nuscenes_results(path: str) -> Tuple[Dict[str, List[dict]], dict]:
-    """Read a nuScenes results JSON; returns ``(results, meta)`` (format checked)."""
+    """Read a nuScenes results JSON; returns ``(results, meta)`` (format and class names
+    checked)."""
     data = _read_json(path)
     results = _check_results_layout(data, path, _NUSCENES_BOX_KEYS)
+    _check_nuscenes_names(results, path)
     meta = data.get("meta")
     if not isinstance(meta, dict):
         raise ResultsFileError(

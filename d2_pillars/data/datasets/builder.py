@@ -9,16 +9,15 @@ records are produced one keyframe at a time, so building needs little memory on 
 devkit's own tables. Paths in records are relative to the dataset root.
 """
 
-import numpy as np
-from pyquaternion import Quaternion
-
-from d2_pillars.structures import LiDARBoxes
-
 import logging
 import math
+import numpy as np
 import os
 from dataclasses import dataclass, field
 from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple
+from pyquaternion import Quaternion
+
+from d2_pillars.structures import LiDARBoxes
 
 from .infos import devkit_version, save_infos
 
@@ -34,6 +33,7 @@ __all__ = [
     "check_lidar_files",
     "check_dataset_files",
     "lidar_files",
+    "valid_box_mask",
 ]
 
 logger = logging.getLogger(__name__)
@@ -130,6 +130,8 @@ def iter_keyframes(sdk, scene_names: Optional[Sequence[str]] = None) -> List[dic
 class _Counters:
     def __init__(self):
         self.broken_sweep_chains = 0
+        self.invalid_boxes = 0
+        self.invalid_box_examples: List[str] = []
 
 
 def _sweeps(sdk, spec, sd, scene_token, key_to_lidar, root, max_sweeps, counters):
@@ -159,7 +161,17 @@ def _sweeps(sdk, spec, sd, scene_token, key_to_lidar, root, max_sweeps, counters
     return sweeps
 
 
-def _annotations(sdk, spec, sample, lidar_token, lidar2ego, ego2global):
+def valid_box_mask(boxes: np.ndarray) -> np.ndarray:
+    """(K,) bool: the box (K, 7|9) is finite and its sizes ``l, w, h`` are > 0.
+
+    Info building drops the other boxes (with a warning): a degenerate annotation has no
+    geometry to learn, and the mapper refuses records that hold one.
+    """
+    boxes = np.asarray(boxes)
+    return np.isfinite(boxes).all(axis=1) & (boxes[:, 3:6] > 0).all(axis=1)
+
+
+def _annotations(sdk, spec, sample, lidar_token, lidar2ego, ego2global, counters=None):
     ann_tokens = list(sample["anns"])
     anns = [sdk.get("sample_annotation", t) for t in ann_tokens]
     # Devkit boxes in the keyframe LiDAR frame, in ``ann_tokens`` order.
@@ -180,8 +192,21 @@ def _annotations(sdk, spec, sample, lidar_token, lidar2ego, ego2global):
     num_lidar = np.array([a.get("num_lidar_pts", -1) for a in anns], dtype=np.int64)
     num_radar = np.array([a.get("num_radar_pts", -1) for a in anns], dtype=np.int64)
     width = 9 if spec.has_velocity else 7
+    tensor = np.ascontiguousarray(tensor, dtype=np.float32).reshape(-1, width)
+    valid = valid_box_mask(tensor)
+    if not valid.all():
+        # Zero/negative sizes or NaN values (a degenerate annotation): dropped, and counted.
+        bad = np.flatnonzero(~valid)
+        if counters is not None:
+            counters.invalid_boxes += bad.size
+            counters.invalid_box_examples.extend(ann_tokens[i] for i in bad[:3])
+        keep = np.flatnonzero(valid)
+        tensor, labels = tensor[keep], labels[keep]
+        num_lidar, num_radar = num_lidar[keep], num_radar[keep]
+        names = [names[i] for i in keep]
+        categories = [categories[i] for i in keep]
     return {
-        "gt_boxes": np.ascontiguousarray(tensor, dtype=np.float32).reshape(-1, width),
+        "gt_boxes": tensor,
         "gt_names": names,
         "gt_labels": labels,
         "gt_categories": categories,
@@ -223,7 +248,7 @@ def build_record(
         ),
     }
     if with_annotations:
-        record.update(_annotations(sdk, spec, sample, lidar_token, lidar2ego, ego2global))
+        record.update(_annotations(sdk, spec, sample, lidar_token, lidar2ego, ego2global, counters))
     return record
 
 
@@ -244,20 +269,36 @@ def iter_records(
     for sample in tqdm(
         samples, desc=f"{spec.name} infos", unit="keyframe", disable=not progress, smoothing=0.05
     ):
-        yield build_record(
-            sdk,
-            spec,
-            sample,
-            root=root,
-            max_sweeps=max_sweeps,
-            with_annotations=with_annotations,
-            counters=counters,
-        )
+        try:
+            record = build_record(
+                sdk,
+                spec,
+                sample,
+                root=root,
+                max_sweeps=max_sweeps,
+                with_annotations=with_annotations,
+                counters=counters,
+            )
+        except (AssertionError, KeyError, ValueError) as e:  # the devkit's checks, broken links
+            raise RuntimeError(
+                f"Building the {spec.name} info record of sample {sample['token']} failed "
+                f"({type(e).__name__}: {e}): its tables (sample_data, sample_annotation, poses) "
+                f"under {root} are inconsistent or damaged."
+            ) from e
+        yield record
     if counters.broken_sweep_chains:
         logger.warning(
             "%d keyframes: the chain of previous sweeps points to sample_data missing from the "
             "tables; their sweeps stop there.",
             counters.broken_sweep_chains,
+        )
+    if counters.invalid_boxes:
+        logger.warning(
+            "Dropped %d annotations with a size <= 0 or NaN/inf values from the infos (they "
+            "have no geometry to learn; the evaluation reads the devkit's own tables), e.g. "
+            "sample_annotation %s",
+            counters.invalid_boxes,
+            counters.invalid_box_examples[:3],
         )
 
 

@@ -8,14 +8,14 @@ tampered or foreign file cannot run code. ``metadata["box_convention_version"]``
 are refused with a message naming the file and the command that rebuilds it.
 """
 
-from d2_pillars.structures import BOX_CONVENTION_VERSION
-from d2_pillars.utils.file_io import atomic_open
-
 import importlib.metadata
 import io
 import logging
 import os
 import pickle
+
+from d2_pillars.structures import BOX_CONVENTION_VERSION
+from d2_pillars.utils.file_io import NUMPY_PICKLE_GLOBALS, atomic_open
 
 __all__ = [
     "INFO_FORMAT_VERSION",
@@ -32,26 +32,9 @@ logger = logging.getLogger(__name__)
 # Version of the record layout itself (keys and units); bump when a key changes meaning.
 INFO_FORMAT_VERSION = 1
 
-# The only globals an info file may reference: numpy array/dtype/scalar reconstruction (numpy 1.x
-# and 2.x module paths) and plain builtin containers. Everything else is refused.
-_SAFE_GLOBALS = {
-    ("numpy", "ndarray"),
-    ("numpy", "dtype"),
-    ("numpy.core.multiarray", "_reconstruct"),
-    ("numpy.core.multiarray", "scalar"),
-    ("numpy.core.numeric", "_frombuffer"),
-    ("numpy._core.multiarray", "_reconstruct"),
-    ("numpy._core.multiarray", "scalar"),
-    ("numpy._core.numeric", "_frombuffer"),
-    ("_codecs", "encode"),
-    ("builtins", "set"),
-    ("builtins", "frozenset"),
-    ("builtins", "slice"),
-    ("builtins", "complex"),
-    ("builtins", "bytearray"),
-    ("__builtin__", "set"),
-    ("__builtin__", "frozenset"),
-}
+# The only globals an info file may reference: numpy array/dtype/scalar reconstruction and plain
+# builtin containers. Everything else is refused.
+_SAFE_GLOBALS = NUMPY_PICKLE_GLOBALS
 
 # Protocol 4: arrays reference only ``_reconstruct``/``ndarray``/``dtype`` (no out-of-band buffers).
 _PICKLE_PROTOCOL = 4
