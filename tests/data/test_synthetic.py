@@ -6,7 +6,9 @@ full-size nuScenes frame (10 sweeps) to check the point count.
 
 import numpy as np
 import pytest
+import shapely
 from nuscenes import NuScenes
+from nuscenes.eval.common.config import config_factory
 from nuscenes.eval.detection.utils import (
     category_to_detection_name,
     detection_name_to_rel_attributes,
@@ -17,6 +19,7 @@ from nuscenes.utils.splits import create_splits_scenes
 from pyquaternion import Quaternion
 
 from d2_pillars.data.datasets.synthetic import (
+    GENERATOR_VERSION,
     MARKER_NAME,
     make_synthetic_dataset,
     make_synthetic_lyft,
@@ -24,8 +27,10 @@ from d2_pillars.data.datasets.synthetic import (
 )
 from d2_pillars.data.datasets.synthetic_scene import (
     KIND_NAMES,
+    OBJECT_KINDS,
     LidarSimulator,
     LidarSpec,
+    box_corners,
     build_world,
     quaternion_from_ypr,
     quaternion_to_matrix,
@@ -40,6 +45,7 @@ import runpy
 import sys
 
 SMALL = dict(num_scenes=2, keyframes_per_scene=4, seed=0, num_beams=32, azimuth_steps=360)
+LOW_RES = dict(SMALL, num_beams=8, azimuth_steps=256)  # as in the evaluation tests
 DETECTION_CLASSES = {
     "car", "truck", "bus", "trailer", "construction_vehicle", "pedestrian", "motorcycle",
     "bicycle", "traffic_cone", "barrier",
@@ -290,6 +296,87 @@ def test_every_detection_class_and_lyft_class_is_generated():
     assert lyft == {n for n, _ in LYFT_FORMAT.categories}
 
 
+def _scene_samples(sdk, scene):
+    samples = [sdk.get("sample", scene["first_sample_token"])]
+    while samples[-1]["next"]:
+        samples.append(sdk.get("sample", samples[-1]["next"]))
+    return samples
+
+
+def test_every_detection_class_has_points_near_the_ego_in_every_scene(tmp_path):
+    """Even with 8 beams, each scene's 4 keyframes hold every detection class with points inside
+    the devkit's evaluation range; the counts are the devkit's."""
+    class_range = config_factory("detection_cvpr_2019").class_range
+    root = make_synthetic_nuscenes(str(tmp_path), **LOW_RES)
+    nusc = NuScenes(version="v1.0-mini", dataroot=root, verbose=False)
+    for scene in nusc.scene:
+        seen = {}
+        for sample in _scene_samples(nusc, scene):
+            sd_token = sample["data"]["LIDAR_TOP"]
+            ego = nusc.get("ego_pose", nusc.get("sample_data", sd_token)["ego_pose_token"])
+            points = _global_points(nusc, sd_token)
+            for token in sample["anns"]:
+                ann = nusc.get("sample_annotation", token)
+                name = category_to_detection_name(ann["category_name"])
+                dist = np.linalg.norm(np.subtract(ann["translation"], ego["translation"])[:2])
+                if name in seen or not name or dist >= class_range[name]:
+                    continue
+                if ann["num_lidar_pts"] > 0:
+                    seen[name] = ann["num_lidar_pts"]
+                    count = int(points_in_box(nusc.get_box(token), points).sum())
+                    assert count == ann["num_lidar_pts"], (name, count)
+        assert set(seen) == DETECTION_CLASSES, (scene["name"], DETECTION_CLASSES - set(seen))
+
+
+def test_every_lyft_class_has_points_near_the_ego_in_every_scene(tmp_path):
+    from lyft_dataset_sdk.utils.data_classes import LidarPointCloud as LyftCloud
+    from lyft_dataset_sdk.utils.geometry_utils import points_in_box as lyft_points_in_box
+
+    ly = _lyft(make_synthetic_lyft(str(tmp_path), **LOW_RES))
+    for scene in ly.scene:
+        seen = set()
+        for sample in _scene_samples(ly, scene):
+            sd_token = sample["data"]["LIDAR_TOP"]
+            ego = ly.get("ego_pose", ly.get("sample_data", sd_token)["ego_pose_token"])
+            points = _global_points(ly, sd_token, LyftCloud)
+            for token in sample["anns"]:
+                box = ly.get_box(token)
+                near = np.linalg.norm(box.center[:2] - np.array(ego["translation"][:2])) < 30.0
+                if near and lyft_points_in_box(box, points).any():
+                    seen.add(ly.get("sample_annotation", token)["category_name"])
+        assert seen == {n for n, _ in LYFT_FORMAT.categories}, scene["name"]
+
+
+@pytest.mark.parametrize(
+    "spec, duration, max_range", [(NUSCENES_FORMAT, 19.5, 80.0), (LYFT_FORMAT, 7.8, 100.0)]
+)
+def test_guaranteed_kinds_beside_the_start_without_collisions(spec, duration, max_range):
+    """Every guaranteed kind stands still beside the road within 30 m of the ego's start, and
+    nothing overlaps the objects parked there at any time (brute force with shapely)."""
+    for seed in range(4):
+        world = build_world(np.random.default_rng(seed), spec.world, duration, (0, 0), max_range)
+        centers, _ = world.boxes_at(0.0)
+        ego = world.ego_pose([0.0])[0][0]
+        still = world.speed == 0
+        parked = still & (np.abs(world.lateral) > 8.0) & (np.abs(world.lateral) < 11.5)
+        near = parked & (np.linalg.norm(centers[:, :2] - ego[:2], axis=1) < 30.0)
+        assert {KIND_NAMES[k] for k in world.kind[near]} >= set(spec.world.guaranteed_kinds)
+        # Sizes as everywhere else: within 2 standard deviations of the kind's mean.
+        for i in np.flatnonzero(near):
+            kind = OBJECT_KINDS[KIND_NAMES[world.kind[i]]]
+            assert np.all(np.abs(world.wlh[i] - kind.wlh) <= 2 * np.array(kind.wlh_std) + 1e-3)
+        check = np.flatnonzero(parked & (np.abs(world.s0) < 50.0))
+        for t in np.linspace(0.0, duration, 7):
+            centers, yaw = world.boxes_at(t)
+            polygons = shapely.polygons(box_corners(centers, world.wlh, yaw)[:, :4, :2])
+            tree = shapely.STRtree(polygons)
+            for i in check:
+                for j in tree.query(polygons[i], predicate="intersects"):
+                    area = polygons[i].intersection(polygons[j]).area if j != i else 0.0
+                    names = KIND_NAMES[world.kind[i]], KIND_NAMES[world.kind[j]]
+                    assert area < 1e-6, (seed, t, names)
+
+
 def test_full_size_frame_point_count(tmp_path):
     root = make_synthetic_nuscenes(str(tmp_path), num_scenes=1, keyframes_per_scene=2, seed=3)
     files = glob.glob(os.path.join(root, "s*", "LIDAR_TOP", "*.pcd.bin"))
@@ -466,6 +553,34 @@ def test_deterministic_rerunnable_and_safe(tmp_path, nus_root):
     assert (foreign / "sweeps" / "LIDAR_TOP").is_dir()
     with pytest.raises(ValueError, match="format"):
         make_synthetic_dataset("kitti", str(tmp_path / "k"))
+
+
+def test_dataset_of_an_older_generator_is_regenerated(tmp_path):
+    tiny = dict(num_scenes=1, keyframes_per_scene=2, seed=0, num_beams=4, azimuth_steps=64)
+    root = make_synthetic_lyft(str(tmp_path / "old"), **tiny)
+    marker = os.path.join(root, MARKER_NAME)
+
+    def set_marker_version(version, **changes):
+        with open(marker) as f:
+            summary = json.load(f)
+        summary["parameters"].update(generator_version=version, **changes)
+        with open(marker, "w") as f:
+            json.dump(summary, f)
+        os.utime(marker, ns=(1, 1))  # older than anything written later
+
+    # Same arguments, other generator version: stale, regenerated (a fresh marker, newer than
+    # info files built from the old data, so that those are rebuilt too).
+    set_marker_version(GENERATOR_VERSION - 1)
+    stray = os.path.join(root, "v1.01-train", "lidar", "stale.bin")
+    open(stray, "wb").close()
+    assert make_synthetic_lyft(root, **tiny) == root
+    with open(marker) as f:
+        assert json.load(f)["parameters"]["generator_version"] == GENERATOR_VERSION
+    assert os.stat(marker).st_mtime_ns > 1 and not os.path.exists(stray)
+    # Other arguments as well: still refused without force.
+    set_marker_version(GENERATOR_VERSION - 1, seed=5)
+    with pytest.raises(FileExistsError, match="force"):
+        make_synthetic_lyft(root, **tiny)
 
 
 def test_cli(tmp_path, monkeypatch, capsys):

@@ -15,7 +15,8 @@ The world (road, ego, objects of every class, buildings; a spinning LiDAR ray-ca
 lives in ``synthetic_scene``; the formats in ``synthetic_writer``. Output is a pure function of the
 arguments (``num_workers`` does not change a byte). A finished dataset is marked by
 ``<root>/.d2_pillars_synthetic.json``; calling again with the same arguments returns at once,
-``force=True`` regenerates.
+``force=True`` regenerates. A dataset that another ``GENERATOR_VERSION`` wrote with the same
+arguments is stale and is regenerated (the new marker is newer than infos built from the old one).
 """
 
 from d2_pillars.utils.file_io import atomic_open
@@ -48,7 +49,9 @@ logger = logging.getLogger(__name__)
 
 MARKER_NAME = ".d2_pillars_synthetic.json"
 _INCOMPLETE_NAME = ".d2_pillars_synthetic.incomplete"
-GENERATOR_VERSION = 1
+# Bump whenever the output for the same arguments changes (2: every scene starts beside a site
+# holding every class of its format).
+GENERATOR_VERSION = 2
 
 
 def _parameters(fmt: str, options: GenerationOptions, version: str, lidar) -> dict:
@@ -63,6 +66,16 @@ def _parameters(fmt: str, options: GenerationOptions, version: str, lidar) -> di
         "num_beams": lidar.num_beams,
         "azimuth_steps": lidar.azimuth_steps,
     }
+
+
+def _is_stale(found, params: dict) -> bool:
+    """Whether marker parameters ``found`` are ``params`` written by another generator version."""
+    if not isinstance(found, dict) or found.get("generator") != params["generator"]:
+        return False
+    if found.get("generator_version") == params["generator_version"]:
+        return False
+    drop = lambda d: {k: v for k, v in d.items() if k != "generator_version"}  # noqa: E731
+    return drop(found) == drop(params)
 
 
 def _scene_job(args):
@@ -93,7 +106,8 @@ def make_synthetic_dataset(
         version: nuScenes ``"v1.0-mini"`` (default) or ``"v1.0-trainval"``; Lyft ``"v1.01-train"``.
         num_beams, azimuth_steps: override the LiDAR resolution (tests use small ones).
         num_workers: scenes simulated in parallel processes (the output does not depend on it).
-        force: regenerate even if a complete dataset with these arguments exists.
+        force: regenerate even if a complete dataset with these arguments exists (one written
+            by another generator version with these arguments is regenerated anyway).
     """
     if fmt not in FORMATS:
         raise ValueError(
@@ -117,7 +131,16 @@ def make_synthetic_dataset(
         if found == params and not force:
             logger.info("Synthetic %s dataset already complete at %s; skipping", fmt, root)
             return root
-        if found != params and not force:
+        if _is_stale(found, params):
+            logger.warning(
+                "Synthetic %s dataset at %s was written by generator version %s (now %s); "
+                "regenerating it",
+                fmt,
+                root,
+                found.get("generator_version"),
+                GENERATOR_VERSION,
+            )
+        elif found != params and not force:
             raise FileExistsError(
                 f"{root} holds a synthetic dataset generated with other arguments ({found}); pass "
                 f"force=True (--force) to regenerate it, or choose another output folder"

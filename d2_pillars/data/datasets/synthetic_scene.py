@@ -9,7 +9,9 @@ This module knows nothing about dataset formats (``synthetic_writer`` does). It 
 * :class:`World`: one scene: a gently curving road, an ego vehicle driving along it, annotated
   objects of every detection class (moving along lanes and sidewalks, or parked / standing) and
   unannotated background boxes (buildings, poles). Every pose is a closed-form function of time,
-  so annotations, sweeps and keyframes agree at any timestamp.
+  so annotations, sweeps and keyframes agree at any timestamp. Where the ego starts, a site of
+  parked / standing objects holds every kind of ``WorldSpec.guaranteed_kinds``, so that each
+  scene has every class of its format close to the ego in its first keyframes.
 * Quaternion helpers (``[w, x, y, z]``, the devkits' order).
 
 Frames: the world frame is the dataset's global frame (metres, z up). Boxes are ``(centre (3,),
@@ -403,6 +405,10 @@ class WorldSpec:
         }
     )
     annotation_radius: float = 60.0
+    # One of each of these kinds is parked / standing beside the road where the ego starts (see
+    # _guaranteed_site), so that every scene holds every detection class of the format close to
+    # the ego in its first keyframes, whatever the seed.
+    guaranteed_kinds: Tuple[str, ...] = ()
 
 
 def _sample_kinds(rng, mix: Dict[str, float], n: int) -> np.ndarray:
@@ -573,11 +579,124 @@ def _row(
         return None
     per_object = dict(direction=direction, speed=speed, yaw_offset=yaw_offset, state=state)
     per_object = {k: np.asarray(v)[keep] if np.ndim(v) else v for k, v in per_object.items()}
-    return dict(kind=kinds[keep], wlh=wlh[keep], s0=s[keep], lateral=side * lat[keep], **per_object)
+    span = (float(s_lo), float((s + 0.5 * ext)[keep].max()))  # arc lengths the row occupies
+    return dict(
+        kind=kinds[keep],
+        wlh=wlh[keep],
+        s0=s[keep],
+        lateral=side * lat[keep],
+        span=span,
+        **per_object,
+    )
 
 
 def _n_for(length, min_pitch):
     return int(max(length, 0.0) / min_pitch) + 2
+
+
+def _outside(row, s_lo, s_hi, duration=0.0, min_height=0.0, margin=1.0):
+    """``row`` (a :func:`_row` result) without the objects at least ``min_height`` tall whose
+    bounding circle reaches into arc lengths ``[s_lo - margin, s_hi + margin]`` at any time in
+    ``[0, duration]``; ``None`` if none is left."""
+    if row is None:
+        return None
+    half = 0.5 * np.hypot(row["wlh"][:, 0], row["wlh"][:, 1])
+    end = row["s0"] + row["direction"] * row["speed"] * duration
+    lo, hi = np.minimum(row["s0"], end) - half, np.maximum(row["s0"], end) + half
+    keep = (hi < s_lo - margin) | (lo > s_hi + margin) | (row["wlh"][:, 2] < min_height)
+    if not keep.any():
+        return None
+    n = len(keep)
+    return {
+        k: v[keep] if isinstance(v, np.ndarray) and v.shape[:1] == (n,) else v
+        for k, v in row.items()
+    }
+
+
+# State of a guaranteed object at rest (vehicles and cycles: PARKED).
+_RESTING_STATE = {
+    "pedestrian": STANDING,
+    "animal": STATIC,
+    "traffic_cone": STATIC,
+    "barrier": STATIC,
+    "pushable_pullable": STATIC,
+}
+_SMALL_LENGTH = 3.0  # m: guaranteed kinds up to this mean length are "small" (and low)
+_SITE_START = -3.0  # m: arc length where the small groups of the guaranteed site begin
+_SITE_CLEAR_TIME = 2.0  # s: how long the lanes beside the site stay free of traffic
+_TALL = 2.2  # m: oncoming vehicles taller than any car leave the site free too
+# Free band of the parking strips: cycle lane (7.5 m, up to 0.89 m wide) .. walkers (11.8 m).
+_STRIP_MIDDLE = 0.5 * (7.5 + 0.445 + 11.8 - 0.405)
+_KERB = 8.5  # m: near side of the small objects, more than 0.5 m from passing cyclists
+
+
+def _guaranteed_site(rng, kind_names, max_curvature):
+    """Rows of parked / standing objects of ``kind_names`` in the parking strips where the ego
+    starts (arc length 0 at t = 0); returns ``(rows, {side: (s_lo, s_hi)})``, the arc lengths the
+    site occupies on each side (-1: right, the ego's side; 1: left).
+
+    The kinds up to ``_SMALL_LENGTH`` long (cones, barriers, cycles, people: low and easily
+    hidden) stand near the kerb on both sides from ``_SITE_START`` forwards, within 15 m of
+    the sensor at the first keyframe, where even an 8-beam LiDAR's lower beams reach them; the
+    two copies are seen through different lanes, so one vehicle passing in front does not hide
+    both. The longer vehicles, one each, are parked just behind and just ahead of these groups,
+    spread over the four places so that each holds about the same length of kerb (within about
+    25 m of the sensor), straight and in the middle of the strip so that their ends stay clear
+    of the cycle lane and the sidewalk in bends. Places, order, gaps, sizes and headings are
+    drawn from ``rng``; barriers stand with their long side along the road, as in work zones.
+    """
+    kinds = np.array([_KIND_INDEX[k] for k in kind_names], np.int64)
+    length = np.array([OBJECT_KINDS[k].wlh[1] for k in kind_names])
+    small = length <= _SMALL_LENGTH
+
+    def place(k, side, s_lo, kerb):
+        if not len(k):
+            return None
+        k = rng.permutation(k)
+        across = k == _KIND_INDEX["barrier"]  # heading across the road, long side along it
+        yaw_off = np.where(across, math.pi / 2, 0.0) + rng.choice([0.0, math.pi], len(k))
+        if kerb:
+            yaw_off = yaw_off + rng.normal(0, 0.02, len(k))
+            lateral = lambda w: _KERB + 0.5 * np.where(across, w[:, 1], w[:, 0])  # noqa: E731
+        else:
+            lateral = lambda w: np.full(len(w), _STRIP_MIDDLE)  # noqa: E731
+        state = np.array([_RESTING_STATE.get(KIND_NAMES[i], PARKED) for i in k], np.int64)
+        return _row(
+            rng,
+            s_lo,
+            np.inf,
+            k,
+            (0.6, 1.5),
+            lambda w: np.where(across, w[:, 0], w[:, 1]),
+            lateral,
+            yaw_offset=yaw_off,
+            state=state,
+            side=side,
+            max_curvature=max_curvature,
+        )
+
+    # Longest first, each to the place with the least length so far; places in random order.
+    places = [[] for _ in range(4)]  # (right, left) x (behind, ahead), as permuted below
+    load = np.zeros(4)
+    for i in sorted(np.flatnonzero(~small), key=lambda i: -length[i]):
+        j = int(np.argmin(load))
+        places[j].append(kinds[i])
+        load[j] += length[i]
+    places = [np.array(places[j], np.int64) for j in rng.permutation(4)]
+    rows, spans = [], {}
+    for n, side in enumerate((-1.0, 1.0)):
+        middle = place(kinds[small], side, _SITE_START, True)
+        start = middle["span"][1] if middle else _SITE_START
+        ahead = place(places[2 * n + 1], side, start, False)
+        behind = place(places[2 * n], side, _SITE_START, False)  # placed forwards, then mirrored
+        if behind is not None:
+            behind["s0"] = 2 * _SITE_START - behind["s0"]
+            behind["span"] = (2 * _SITE_START - behind["span"][1], _SITE_START)
+        group = [r for r in (behind, middle, ahead) if r is not None]
+        if group:
+            rows += group
+            spans[side] = (min(r["span"][0] for r in group), max(r["span"][1] for r in group))
+    return rows, spans
 
 
 def build_world(
@@ -619,30 +738,43 @@ def build_world(
             rows.add(**r)
 
     along_l = lambda w: w[:, 1]  # noqa: E731  heading along the road
-    # Moving lanes (right-hand traffic; the ego lane at -1.75 stays free of other traffic).
+    # The guaranteed site in the parking strips where the ego starts, from its own random stream
+    # (rng.spawn does not advance rng): the rest of the world is what it would be without the
+    # site, less the objects that make room for it.
+    site, site_spans = _guaranteed_site(rng.spawn(1)[0], spec.guaranteed_kinds, kmax)
+    for r in site:
+        add(r)
+
+    def clear(r, side, duration=0.0, min_height=0.0):  # r less what reaches the site
+        return _outside(r, *site_spans[side], duration, min_height) if side in site_spans else r
+
+    # Moving lanes (right-hand traffic; the ego lane at -1.75 stays free of other traffic). So
+    # that traffic does not hide the site in the first keyframes, a stopped queue leaves a gap
+    # beside it, and so does moving traffic during the first _SITE_CLEAR_TIME seconds: all of it
+    # in the lane next to the ego's (it moves along with the ego), the tall vehicles oncoming.
     for lat, direction in ((-5.25, 1.0), (1.75, -1.0), (5.25, -1.0)):
         stopped = rng.uniform() < 0.2
         speed = 0.0 if stopped else rng.uniform(4.0, 14.0)
         lo, hi = win_lo - speed * duration, win_hi + speed * duration
         gap = (1.5, 4.0) if stopped else (10.0, 60.0)
         kinds = _sample_kinds(rng, spec.lane_mix, _n_for(hi - lo, 3.0 + gap[0]))
-        add(
-            _row(
-                rng,
-                lo,
-                hi,
-                kinds,
-                gap,
-                along_l,
-                lambda w, a=abs(lat): np.full(len(w), a),
-                direction=direction,
-                speed=speed,
-                yaw_offset=0.0 if direction > 0 else math.pi,
-                state=STOPPED if stopped else MOVING,
-                side=np.sign(lat),
-                max_curvature=kmax,
-            )
+        r = _row(
+            rng,
+            lo,
+            hi,
+            kinds,
+            gap,
+            along_l,
+            lambda w, a=abs(lat): np.full(len(w), a),
+            direction=direction,
+            speed=speed,
+            yaw_offset=0.0 if direction > 0 else math.pi,
+            state=STOPPED if stopped else MOVING,
+            side=np.sign(lat),
+            max_curvature=kmax,
         )
+        tall = 0.0 if stopped or direction > 0 else _TALL
+        add(clear(r, np.sign(lat), min(duration, _SITE_CLEAR_TIME), tall))
     # Cycle lanes.
     for side, direction in ((-1.0, 1.0), (1.0, -1.0)):
         speed = rng.uniform(3.0, 7.0)
@@ -665,7 +797,8 @@ def build_world(
                 max_curvature=kmax,
             )
         )
-    # Parking strips (8.0 .. 11.0 m): parking segments, work zones and empty stretches.
+    # Parking strips (8.0 .. 11.0 m): parking segments, work zones and empty stretches (making
+    # room for the guaranteed site).
     for side in (-1.0, 1.0):
         s = win_lo
         while s < win_hi:
@@ -679,39 +812,37 @@ def build_world(
                     yaw_off = np.where(across, math.pi / 2, 0.0) + rng.choice(
                         [0.0, math.pi], len(kinds)
                     )
-                    add(
-                        _row(
-                            rng,
-                            s,
-                            s + seg,
-                            kinds,
-                            (0.05, 0.6),
-                            lambda w, a=across: np.where(a, w[:, 0], w[:, 1]),
-                            lambda w, a=across: 8.2 + 0.5 * np.where(a, w[:, 1], w[:, 0]),
-                            yaw_offset=yaw_off,
-                            side=side,
-                            max_curvature=kmax,
-                            wlh=wlh,
-                        )
-                    )
-            elif u < spec.work_zone_prob + 0.5:
-                kinds = _sample_kinds(rng, spec.parking_mix, _n_for(seg, 2.0))
-                yaw_off = rng.choice([0.0, math.pi], len(kinds)) + rng.normal(0, 0.02, len(kinds))
-                add(
-                    _row(
+                    r = _row(
                         rng,
                         s,
                         s + seg,
                         kinds,
-                        (0.8, 6.0),
-                        along_l,
-                        lambda w: 8.05 + 0.5 * w[:, 0] + 0.1,
+                        (0.05, 0.6),
+                        lambda w, a=across: np.where(a, w[:, 0], w[:, 1]),
+                        lambda w, a=across: 8.2 + 0.5 * np.where(a, w[:, 1], w[:, 0]),
                         yaw_offset=yaw_off,
-                        state=PARKED,
                         side=side,
                         max_curvature=kmax,
+                        wlh=wlh,
                     )
+                    add(clear(r, side))
+            elif u < spec.work_zone_prob + 0.5:
+                kinds = _sample_kinds(rng, spec.parking_mix, _n_for(seg, 2.0))
+                yaw_off = rng.choice([0.0, math.pi], len(kinds)) + rng.normal(0, 0.02, len(kinds))
+                r = _row(
+                    rng,
+                    s,
+                    s + seg,
+                    kinds,
+                    (0.8, 6.0),
+                    along_l,
+                    lambda w: 8.05 + 0.5 * w[:, 0] + 0.1,
+                    yaw_offset=yaw_off,
+                    state=PARKED,
+                    side=side,
+                    max_curvature=kmax,
                 )
+                add(clear(r, side))
             s += seg
     # Sidewalks: walkers on two sub-lanes, a row of standing people and things, poles.
     for side in (-1.0, 1.0):

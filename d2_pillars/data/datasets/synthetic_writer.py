@@ -323,7 +323,13 @@ NUSCENES_FORMAT = FormatSpec(
     lidar=LidarSpec(
         num_beams=32, elevation_deg=(-30.67, 10.67), azimuth_steps=1080, max_range=80.0
     ),
-    world=WorldSpec(),
+    # One object of each of the 10 detection classes beside the road where every scene starts.
+    world=WorldSpec(
+        guaranteed_kinds=(
+            "car", "truck", "bus", "trailer", "construction_vehicle", "pedestrian", "motorcycle",
+            "bicycle", "traffic_cone", "barrier",
+        )  # fmt: skip
+    ),
     mount_translation=(0.943, 0.0, 1.841),
     mount_ypr_deg=(-90.0, 0.0, 0.0),
     sweep_period_ns=50_000_000,
@@ -467,6 +473,11 @@ LYFT_FORMAT = FormatSpec(
         ego_roll_pitch_deg=1.5,
         work_zone_prob=0.0,
         sidewalk_static_mix={"pedestrian": 0.75, "bicycle": 0.2, "animal": 0.05},
+        # One object of each of the 9 classes (trailer: other_vehicle) where every scene starts.
+        guaranteed_kinds=(
+            "car", "truck", "bus", "emergency_vehicle", "trailer", "motorcycle", "bicycle",
+            "pedestrian", "animal",
+        ),  # fmt: skip
     ),
     mount_translation=(1.197, 0.0, 1.828),
     mount_ypr_deg=(179.3, -1.3, 0.0),
@@ -827,7 +838,7 @@ def validate_spec(spec: FormatSpec) -> None:
         spec.world.walker_mix,
         spec.world.sidewalk_static_mix,
     )
-    kinds = {k for m in mixes for k, w in m.items() if w > 0}
+    kinds = {k for m in mixes for k, w in m.items() if w > 0} | set(spec.world.guaranteed_kinds)
     if spec.world.work_zone_prob > 0:
         kinds |= {k for k, w in spec.world.work_zone_mix.items() if w > 0}
     names = {n for n, _ in spec.categories}
