@@ -69,7 +69,10 @@ def test_config_is_consistent(path):
     assert all(len(r) == 6 and len(s) == 3 for r, s in zip(head.ANCHOR_RANGES, head.ANCHOR_SIZES))
     assert head.ANCHOR_ROTATIONS == [0.0, 1.57] and head.DIR_OFFSET == -0.7854
     assert cfg.INPUT.POINT_FEATURES == ["x", "y", "z", "time_lag"]
-    assert cfg.MODEL.BN_EPS == 1e-3 and cfg.MODEL.BN_MOMENTUM == 0.01
+    assert cfg.MODEL.BN_EPS == 1e-3
+    # The reference's BN momentum; the short CPU demo schedule uses detectron2's 0.1 (see config).
+    demo = path.name == "pointpillars_regnetx_400mf_fpn_cpu.yaml"
+    assert cfg.MODEL.BN_MOMENTUM == (0.1 if demo else 0.01)
     assert list(cfg.SOLVER.STEPS) == sorted(cfg.SOLVER.STEPS)
     assert cfg.SOLVER.STEPS[-1] < cfg.SOLVER.MAX_ITER
     if dataset != "synthetic":
