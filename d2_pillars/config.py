@@ -95,6 +95,12 @@ def add_pillars_config(cfg):
     # With several training processes, convert every BatchNorm to detectron2's naiveSyncBN
     # (single-process runs keep plain BN, so one GPU never needs a process group).
     _C.MODEL.SYNC_BN_MULTI_PROCESS = True
+    # Keep the dense part in channels-last (NHWC) memory: the scatter writes the pseudo-image
+    # NHWC directly and the backbone, neck and head weights are converted. Same results up to
+    # float rounding. Measured on the CPU (RegNetX-400MF + FPN, nuScenes grid, docs/performance.md):
+    # 8-14% less time in backbone + neck + head at inference, ~2% less per training iteration.
+    # Off by default: not measured on CUDA.
+    _C.MODEL.CHANNELS_LAST = False
 
     # ---------------------------------------------------------------------------------------- #
     # BEV backbones and necks (MODEL.BACKBONE.NAME picks a builder, e.g. build_regnet_fpn_backbone)

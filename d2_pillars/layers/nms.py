@@ -56,6 +56,51 @@ def _check(boxes, scores, iou_threshold):
         raise ValueError(f"iou_threshold must be in [0, 1], got {iou_threshold}")
 
 
+# Pairs whose IoU upper bound is below ``threshold - _BOUND_MARGIN`` skip the exact IoU.
+_BOUND_MARGIN = 1e-4
+
+
+def iou_upper_bound_of_pairs(boxes, i, j):
+    """An upper bound of the IoU of the pairs ``(boxes[i], boxes[j])``, ~30 elementwise ops.
+
+    The intersection is at most the overlap of either box with the other's axis-aligned bounding
+    rectangle in its own frame (and at most the smaller area); IoU ``= I / (A + B - I)`` grows
+    with ``I``, so that bound on ``I`` bounds the IoU. Exact for aligned boxes.
+
+    Args:
+        boxes: (N, 5) BEV boxes ``(x, y, l, w, yaw)``.
+        i, j: (P,) int64 indices.
+
+    Returns:
+        (P,) tensor in [0, 1] (0 where both areas are 0), dtype of ``boxes``.
+    """
+    x, y, l, w, yaw = boxes.unbind(1)
+    hl, hw = 0.5 * l.abs(), 0.5 * w.abs()
+    cos, sin = torch.cos(yaw), torch.sin(yaw)
+    ci, si, cj, sj = cos[i], sin[i], cos[j], sin[j]
+    # |cos| and |sin| of the relative heading
+    cr = torch.addcmul(ci * cj, si, sj).abs_()
+    sr = torch.addcmul(si * cj, -ci, sj).abs_()
+    dx, dy = x[i] - x[j], y[i] - y[j]
+    hli, hwi, hlj, hwj = hl[i], hw[i], hl[j], hw[j]
+
+    def overlap(u, v, hl_a, hw_a, hl_b, hw_b):
+        # box a (centre (u, v) in b's frame): its bounding rectangle there against b
+        ex = torch.addcmul(hl_a * cr, hw_a, sr)
+        ey = torch.addcmul(hl_a * sr, hw_a, cr)
+        ox = torch.minimum(hl_b, u + ex) + torch.minimum(hl_b, ex - u)
+        oy = torch.minimum(hw_b, v + ey) + torch.minimum(hw_b, ey - v)
+        return ox.clamp_(min=0.0).mul_(oy.clamp_(min=0.0))
+
+    # centre of i in j's frame, and of j in i's frame
+    in_j = overlap(dx * cj + dy * sj, dy * cj - dx * sj, hli, hwi, hlj, hwj)
+    in_i = overlap(-(dx * ci + dy * si), dx * si - dy * ci, hlj, hwj, hli, hwi)
+    area_i, area_j = 4.0 * hli * hwi, 4.0 * hlj * hwj
+    inter = torch.minimum(torch.minimum(in_j, in_i), torch.minimum(area_i, area_j))
+    union = (area_i + area_j - inter).clamp_(min=torch.finfo(inter.dtype).tiny)
+    return inter.div_(union).clamp_(0.0, 1.0)
+
+
 def overlap_graph(boxes, iou_threshold, groups=None):
     """Pairs of boxes with IoU > ``iou_threshold`` (and equal ``groups`` when given).
 
@@ -79,6 +124,10 @@ def overlap_graph(boxes, iou_threshold, groups=None):
     for m in members:
         sub = boxes if m is None else boxes[m.to(boxes.device)]
         i, j = candidate_pairs(sub, sub, upper_triangle=True)
+        # The exact IoU only where a cheap upper bound can exceed the threshold (the margin
+        # covers rounding): on clustered detections that is ~10x fewer pairs than circle overlap.
+        maybe = iou_upper_bound_of_pairs(sub, i, j) > iou_threshold - _BOUND_MARGIN
+        i, j = i[maybe], j[maybe]
         if i.numel() == 0:
             continue
         iou = iou_of_pairs(sub[i], sub[j])
@@ -94,6 +143,37 @@ def overlap_graph(boxes, iou_threshold, groups=None):
     return torch.cat(all_i).numpy(), torch.cat(all_j).numpy()
 
 
+def _adjacency(num_boxes, pairs):
+    """CSR adjacency of the overlap graph: ``(ptr list (N + 1,), neighbours, degree (N,))``."""
+    i, j = pairs
+    src = np.concatenate([i, j])
+    dst = np.concatenate([j, i])
+    perm = np.argsort(src, kind="stable")
+    neighbours = dst[perm]
+    ptr = np.zeros(num_boxes + 1, dtype=np.int64)
+    np.cumsum(np.bincount(src, minlength=num_boxes), out=ptr[1:])
+    return ptr.tolist(), neighbours, ptr[1:] - ptr[:-1]
+
+
+def _greedy_on(order, num_boxes, adjacency):
+    """Greedy suppression of ``order`` on an :func:`_adjacency` graph (see :func:`_greedy`).
+
+    Neighbours outside ``order`` may be marked removed: they are never read, so a graph over a
+    superset of the candidates gives the same result as the graph restricted to them.
+    """
+    ptr_list, neighbours, degree = adjacency
+    # Only boxes with neighbours need the sequential pass; the others are always kept.
+    busy = order[degree[order] > 0]
+    removed = np.zeros(num_boxes, dtype=bool)
+    for b in busy.tolist():
+        if removed[b]:
+            continue
+        # ``b`` is kept: every later neighbour is suppressed (earlier ones are already decided,
+        # and none of them is kept, or ``b`` would have been removed).
+        removed[neighbours[ptr_list[b] : ptr_list[b + 1]]] = True
+    return order[~removed[order]]
+
+
 def _greedy(order, num_boxes, pairs):
     """Greedy suppression on a sparse overlap graph.
 
@@ -105,27 +185,9 @@ def _greedy(order, num_boxes, pairs):
     Returns:
         (K',) int64 numpy array: kept indices, in the order of ``order``.
     """
-    i, j = pairs
-    if i.size == 0 or order.size == 0:
+    if pairs[0].size == 0 or order.size == 0:
         return order
-    src = np.concatenate([i, j])
-    dst = np.concatenate([j, i])
-    perm = np.argsort(src, kind="stable")
-    neighbours = dst[perm]
-    ptr = np.zeros(num_boxes + 1, dtype=np.int64)
-    np.cumsum(np.bincount(src, minlength=num_boxes), out=ptr[1:])
-    degree = ptr[1:] - ptr[:-1]
-    # Only boxes with neighbours need the sequential pass; the others are always kept.
-    busy = order[degree[order] > 0]
-    removed = np.zeros(num_boxes, dtype=bool)
-    ptr_list = ptr.tolist()
-    for b in busy.tolist():
-        if removed[b]:
-            continue
-        # ``b`` is kept: every later neighbour is suppressed (earlier ones are already decided,
-        # and none of them is kept, or ``b`` would have been removed).
-        removed[neighbours[ptr_list[b] : ptr_list[b + 1]]] = True
-    return order[~removed[order]]
+    return _greedy_on(order, num_boxes, _adjacency(num_boxes, pairs))
 
 
 def nms_rotated_bev(boxes, scores, iou_threshold):
@@ -240,6 +302,9 @@ def _multiclass_torch(boxes, scores, cand, iou_threshold):
     i, j = overlap_graph(boxes.detach()[members], iou_threshold)
     members_np = members.cpu().numpy()
     pairs = (members_np[i], members_np[j])
+    # The adjacency is built once: a class's pass only visits its own candidates, and a box
+    # that is no candidate of the class is never kept there, so it never suppresses either.
+    adjacency = _adjacency(n, pairs) if pairs[0].size else None
     scores_cpu = scores.detach().cpu()
     cand_cpu = cand.cpu()
     keep_boxes, keep_labels = [], []
@@ -248,11 +313,7 @@ def _multiclass_torch(boxes, scores, cand, iou_threshold):
         if idx.numel() == 0:
             continue
         order = idx[torch.argsort(scores_cpu[idx, c], descending=True, stable=True)].numpy()
-        # Non-candidates must neither be kept nor suppress: restrict the graph to this class.
-        in_class = np.zeros(n, dtype=bool)
-        in_class[order] = True
-        sel = in_class[pairs[0]] & in_class[pairs[1]]
-        kept = _greedy(order, n, (pairs[0][sel], pairs[1][sel]))
+        kept = order if adjacency is None else _greedy_on(order, n, adjacency)
         keep_boxes.append(torch.from_numpy(kept))
         keep_labels.append(torch.full((kept.size,), c, dtype=torch.long))
     if not keep_boxes:

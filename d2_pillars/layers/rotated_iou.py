@@ -24,8 +24,9 @@ __all__ = ["pairwise_iou_rotated_bev"]
 
 # Pairs processed at once by the exact intersection (small blocks stay in cache).
 _PAIR_CHUNK = 1 << 14
-# Elements of one (rows x M) block of the bounding-circle test.
-_CIRCLE_BLOCK = 1 << 22
+# Elements of one (rows x M) block of the bounding-circle test: 2 MB of float64, which stays in
+# cache and in the allocator's free lists (1 << 22: +20% time on 3,000 boxes).
+_CIRCLE_BLOCK = 1 << 18
 
 
 @functools.lru_cache(maxsize=None)
@@ -139,12 +140,14 @@ def candidate_pairs(boxes1, boxes2, *, upper_triangle=False):
     rows = max(1, _CIRCLE_BLOCK // m)
     pairs_i, pairs_j = [], []
     for start in range(0, n, rows):
-        hit = (u[start : start + rows] @ v) < tol
+        # With upper_triangle, only the columns j > start can hold pairs of these rows.
+        col0 = start + 1 if upper_triangle else 0
+        hit = (u[start : start + rows] @ v[:, col0:]) < tol
         if upper_triangle:
-            hit = torch.triu(hit, diagonal=start + 1)
+            hit = torch.triu(hit)  # local column c is j = col0 + c > i = start + row <=> c >= row
         ii, jj = hit.nonzero(as_tuple=True)
         pairs_i.append(ii + start)
-        pairs_j.append(jj)
+        pairs_j.append(jj + col0)
     return torch.cat(pairs_i), torch.cat(pairs_j)
 
 

@@ -47,6 +47,7 @@ class PointPillars(nn.Module):
         backbone: Backbone,
         head: nn.Module,
         head_in_features: List[str],
+        channels_last: bool = False,
     ):
         """
         Args:
@@ -57,6 +58,8 @@ class PointPillars(nn.Module):
                 ``losses(grid_sizes, *predictions, gt_boxes, gt_classes)``,
                 ``inference(grid_sizes, *predictions, image_size)``).
             head_in_features (list[str]): backbone outputs fed to the head, finest first.
+            channels_last (bool): convert the backbone and head weights to
+                ``torch.channels_last`` (the scatter should then output channels-last too).
         """
         super().__init__()
         self.pillar_encoder = pillar_encoder
@@ -64,6 +67,11 @@ class PointPillars(nn.Module):
         self.backbone = backbone
         self.head = head
         self.head_in_features = list(head_in_features)
+        self.channels_last = bool(channels_last)
+        if self.channels_last:
+            # dense part in NHWC (MODEL.CHANNELS_LAST); parameters keep their shapes and names
+            self.backbone.to(memory_format=torch.channels_last)
+            self.head.to(memory_format=torch.channels_last)
         # Tracks the model's device (detectron2 models use their pixel_mean buffer for this).
         self.register_buffer("_device_tracker", torch.zeros(0), persistent=False)
 
@@ -87,6 +95,7 @@ class PointPillars(nn.Module):
             "backbone": backbone,
             "head": head,
             "head_in_features": in_features,
+            "channels_last": cfg.MODEL.CHANNELS_LAST,
         }
 
     @property

@@ -367,19 +367,22 @@ class PillarScatter(nn.Module):
     """
 
     @configurable
-    def __init__(self, *, nx, ny):
+    def __init__(self, *, nx, ny, channels_last=False):
         """
         Args:
             nx, ny (int): grid size along x (canvas width) and y (canvas height).
+            channels_last (bool): return the canvas in ``torch.channels_last`` memory format
+                (written row by row, no conversion copy); the shape is (B, C, ny, nx) either way.
         """
         super().__init__()
         self.nx = int(nx)
         self.ny = int(ny)
+        self.channels_last = bool(channels_last)
 
     @classmethod
     def from_config(cls, cfg):
         nx, ny, _ = grid_size_from_range(cfg.INPUT.POINT_CLOUD_RANGE, cfg.INPUT.VOXEL_SIZE)
-        return {"nx": nx, "ny": ny}
+        return {"nx": nx, "ny": ny, "channels_last": cfg.MODEL.CHANNELS_LAST}
 
     @property
     def grid_size(self):
@@ -397,10 +400,16 @@ class PillarScatter(nn.Module):
             Tensor: (B, C, ny, nx).
         """
         coords = coords.long()
-        canvas = features.new_zeros(batch_size, features.shape[1], self.ny * self.nx)
+        channels = features.shape[1]
+        cells = coords[:, 2] * self.nx + coords[:, 3]
+        if self.channels_last:
+            canvas = features.new_zeros(batch_size, self.ny * self.nx, channels)
+            canvas[coords[:, 0], cells] = features
+            return canvas.view(batch_size, self.ny, self.nx, channels).permute(0, 3, 1, 2)
+        canvas = features.new_zeros(batch_size, channels, self.ny * self.nx)
         # advanced indices around a slice: the indexed view is (V, C), matching ``features``
-        canvas[coords[:, 0], :, coords[:, 2] * self.nx + coords[:, 3]] = features
-        return canvas.view(batch_size, features.shape[1], self.ny, self.nx)
+        canvas[coords[:, 0], :, cells] = features
+        return canvas.view(batch_size, channels, self.ny, self.nx)
 
     def extra_repr(self):
-        return f"nx={self.nx}, ny={self.ny}"
+        return f"nx={self.nx}, ny={self.ny}, channels_last={self.channels_last}"

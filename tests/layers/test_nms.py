@@ -169,3 +169,37 @@ def test_multiclass_nms_score_threshold_is_strict_and_empty():
         torch.zeros(0, 5), torch.zeros(0, 3), 0.1, 0.2, 10
     )
     assert box_idx.numel() == 0
+
+
+def test_iou_upper_bound_bounds_shapely_iou_and_is_exact_for_aligned_boxes():
+    """The NMS pre-filter may only drop pairs whose IoU cannot exceed the threshold."""
+    from d2_pillars.layers.nms import _BOUND_MARGIN, iou_upper_bound_of_pairs
+
+    g = torch.Generator().manual_seed(7)
+    n = 120
+    boxes = torch.cat(
+        [
+            (torch.rand(n, 2, generator=g) - 0.5) * 8.0,
+            torch.rand(n, 2, generator=g) * 5.0 + 0.05,
+            (torch.rand(n, 1, generator=g) * 2 - 1) * 4.0,
+        ],
+        dim=1,
+    ).double()
+    boxes[:10] = boxes[10:20]  # duplicates
+    boxes[20:30] = boxes[30:40]
+    boxes[20:30, 4] += math.pi  # the same rectangles turned by pi
+    boxes[40:45, 2] = 0.0  # zero area
+    i, j = torch.triu_indices(n, n, 1)
+    bound = iou_upper_bound_of_pairs(boxes, i, j)
+    exact = torch.from_numpy(shapely_iou_matrix(boxes.numpy())[i.numpy(), j.numpy()])
+    assert (bound >= exact - 1e-9).all()
+    assert (bound[exact == 0] >= 0).all() and (bound <= 1).all()
+    # it prunes: most non-overlapping-enough pairs fall below a 0.2 threshold
+    assert (bound <= 0.2 - _BOUND_MARGIN).float().mean() > 0.5
+    # axis-aligned pairs: the bounding rectangles are the boxes, so the bound is the IoU
+    aligned = boxes.clone()
+    aligned[:, 4] = 0.0
+    exact_aligned = shapely_iou_matrix(aligned.numpy())[i.numpy(), j.numpy()]
+    torch.testing.assert_close(
+        iou_upper_bound_of_pairs(aligned, i, j), torch.from_numpy(exact_aligned), atol=1e-9, rtol=0
+    )

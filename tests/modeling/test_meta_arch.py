@@ -89,3 +89,72 @@ def test_input_errors(cfg):
     bad = dict(inputs[0], gt_classes=torch.full_like(inputs[0]["gt_classes"], 5))
     with pytest.raises(ValueError, match="NUM_CLASSES"):
         model([bad])
+
+
+@pytest.mark.parametrize("backbone", ["build_second_fpn_backbone", "build_regnet_fpn_backbone"])
+def test_channels_last_gives_the_same_model(cfg, backbone):
+    """MODEL.CHANNELS_LAST changes the memory format of the dense part only: the pseudo-image is
+    NHWC, and predictions, losses and gradients equal those of the default layout."""
+    cfgs = []
+    for channels_last in (False, True):
+        c = cfg.clone()
+        c.MODEL.BACKBONE.NAME = backbone
+        if backbone == "build_regnet_fpn_backbone":
+            c.MODEL.REGNET.STEM_WIDTH = c.MODEL.PILLAR_FEATURE_NET.FEAT_CHANNELS[-1]
+            # 4 stages, widths 8, 32, 64, 128
+            c.MODEL.REGNET.DEPTH, c.MODEL.REGNET.W0, c.MODEL.REGNET.WA = 5, 8, 24.0
+            c.MODEL.REGNET.WM, c.MODEL.REGNET.GROUP_WIDTH = 2.0, 8
+            c.MODEL.REGNET.OUT_FEATURES = ["s2", "s3", "s4"]
+            c.MODEL.FPN.IN_FEATURES = ["s2", "s3", "s4"]
+        c.MODEL.CHANNELS_LAST = channels_last
+        cfgs.append(c)
+    models = []
+    for c in cfgs:
+        torch.manual_seed(0)
+        models.append(build_model(c))
+    dense, nhwc = models
+    assert not dense.channels_last and nhwc.channels_last
+    assert dense.backbone.state_dict().keys() == nhwc.backbone.state_dict().keys()
+    for model in models:  # 3x3 convolution weights: NHWC in the channels-last model only
+        weights = [p for p in model.backbone.parameters() if p.dim() == 4 and p.shape[-1] == 3]
+        assert weights
+        for w in weights:
+            assert w.is_contiguous(memory_format=torch.channels_last) == model.channels_last
+            assert w.is_contiguous() != model.channels_last
+
+    inputs = make_inputs(cfgs[0], [0, 1])
+    for m in models:
+        m.train()
+    losses = [m(inputs) for m in models]
+    for k in losses[0]:
+        torch.testing.assert_close(losses[1][k], losses[0][k], rtol=1e-4, atol=1e-5)
+
+    with torch.no_grad():
+        v, n, c = nhwc.batch_voxels(inputs)
+        features = dense.pillar_encoder(v, n, c)
+        canvas = nhwc.scatter(features, c, len(inputs))
+        assert canvas.is_contiguous(memory_format=torch.channels_last)
+        torch.testing.assert_close(canvas, dense.scatter(features, c, len(inputs)), rtol=0, atol=0)
+    # Gradients of the dense part in float64 (in float32, training-mode BN on these tiny maps
+    # amplifies the rounding differences of the two layouts to ~1%).
+    grads = []
+    for m in models:
+        m.double()
+        x = canvas.double()
+        maps = m.backbone(x if m.channels_last else x.contiguous())
+        outputs = m.head([maps[f] for f in m.head_in_features])
+        sum((t * t).mean() for level in outputs for t in level).backward()
+        grads.append({k: p.grad for k, p in m.named_parameters() if not k.startswith("pillar")})
+    assert grads[0].keys() == grads[1].keys()
+    for k in grads[0]:
+        torch.testing.assert_close(grads[1][k], grads[0][k], rtol=1e-9, atol=1e-12)
+
+    preds = []
+    with torch.no_grad():
+        for m in models:
+            m.float().eval()
+            maps = m.backbone(canvas if m.channels_last else canvas.contiguous())
+            preds.append(m.head([maps[f] for f in m.head_in_features]))
+    for a, b in zip(*preds):
+        for x, y in zip(a, b):
+            torch.testing.assert_close(y, x, rtol=1e-4, atol=1e-5)

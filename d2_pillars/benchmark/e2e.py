@@ -1,0 +1,652 @@
+"""End-to-end inference latency against the dense network's own cost, and training throughput.
+
+On one 10-sweep nuScenes-size frame (about 350,000 points) of the synthetic nuScenes dataset
+(``--root`` or ``$D2_PILLARS_DATASETS/synthetic_nuscenes``, generated with the demo's arguments
+when missing), in inference mode:
+
+- every stage of :class:`PillarsPredictor`: loading (keyframe + sweeps, range filter), voxelization,
+  batching, pillar net, scatter, backbone (bottom-up), neck, head (convolutions), post-processing
+  (decoding, per-class rotated NMS, Instances);
+- the end-to-end latency of ``PillarsPredictor(cfg)(dataset_dict)`` (record in, Instances out).
+
+The weights are random (or ``MODEL.WEIGHTS``). By default the class-logit bias is set to 0 so that
+every class of every candidate scores about 0.5, above ``SCORE_THRESH_TEST``: the post-processing
+then works at full load (``NMS_PRE`` candidates per level x all classes into the NMS, as a
+trained model on a busy frame at most). ``--load prior`` keeps the initial bias instead (almost
+nothing passes the threshold, the post-processing is nearly free).
+
+Then, in training mode, iterations of ``--train-batch`` mapped training samples (forward, losses,
+backward, AdamW step with gradient clipping, as :class:`PillarsTrainer`) and the peak memory of
+those iterations (CUDA: ``torch.cuda.max_memory_allocated``; CPU: the process's peak resident set,
+``VmHWM`` of ``/proc/self/status`` reset before training, or ``ru_maxrss`` where it cannot be
+reset); and the keyframes/s of one data-loader worker (the training mapper in this process with
+one torch thread).
+
+Targets (each printed as a ratio with PASS/FAIL):
+
+- end-to-end latency <= 1.15 x (backbone + neck + head) latency;
+- post-processing at full load <= 0.5 s (on the CPU);
+- one loader worker's keyframes/s >= 2 x the model's training keyframes/s.
+
+Every time is the median of ``--repeats`` runs after warm-up, as wall time and as this process's
+CPU time (all its threads; on a shared machine the two tell contention from cost), with the load
+average. The last output line is one JSON object of the figures (seconds).
+"""
+
+import argparse
+import contextlib
+import logging
+import numpy as np
+import os
+import resource
+import statistics
+import time
+import torch
+
+from ..data.datasets import info_path, load_dataset_dicts
+from ..data.datasets.register import default_datasets_root
+from ..data.mapper import PointCloudMapper
+from ..data.points import load_points
+from .common import median_time, print_json, print_table
+
+__all__ = ["add_arguments", "main", "prepare_dataset", "TARGETS"]
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_CONFIG = "configs/nuscenes/pointpillars_regnetx_400mf_fpn.yaml"
+VERSION = "v1.0-mini"
+
+# The targets of the issue "Speed and memory".
+TARGETS = {
+    "e2e_over_dense_max": 1.15,
+    "post_processing_s_max": 0.5,
+    "loader_over_train_min": 2.0,
+}
+
+
+def add_arguments(parser: argparse.ArgumentParser):
+    parser.add_argument("--config-file", default=DEFAULT_CONFIG, help="model config")
+    parser.add_argument(
+        "--root",
+        default=None,
+        help="synthetic nuScenes root (default: $D2_PILLARS_DATASETS/synthetic_nuscenes, "
+        "generated with the demo's arguments when missing)",
+    )
+    parser.add_argument("--device", default="cpu", help="cpu or cuda")
+    parser.add_argument("--repeats", type=int, default=5, help="timed runs per figure (median)")
+    parser.add_argument("--warmup", type=int, default=2, help="untimed runs before timing")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch intra-op threads (0: the number of CPUs this process may use). Default 1: "
+        "on a shared, loaded machine more threads measure the contention, not the cost",
+    )
+    parser.add_argument("--train-batch", type=int, default=4, help="samples per training iteration")
+    parser.add_argument("--train-repeats", type=int, default=3, help="timed training iterations")
+    parser.add_argument("--train-warmup", type=int, default=1, help="untimed training iterations")
+    parser.add_argument("--loader-samples", type=int, default=10, help="timed loader keyframes")
+    parser.add_argument(
+        "--load",
+        choices=("full", "prior"),
+        default="full",
+        help="post-processing load: 'full' (class bias 0, every candidate above the score "
+        "threshold) or 'prior' (the initial class bias)",
+    )
+    parser.add_argument("--skip-train", action="store_true", help="inference figures only")
+    parser.add_argument(
+        "--profile",
+        action="store_true",
+        help="also print torch.profiler's top operators of one end-to-end inference",
+    )
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides KEY VALUE ...")
+
+
+# --------------------------------------------------------------------------------------------
+# measurement helpers
+# --------------------------------------------------------------------------------------------
+
+
+class _Timer:
+    """Median wall and process-CPU seconds of callables (``common.median_time`` plus CPU time)."""
+
+    def __init__(self, device, repeats, warmup):
+        self.device = device
+        self.repeats = repeats
+        self.warmup = warmup
+        self.wall = {}
+        self.cpu = {}
+
+    def __call__(self, key, fn, repeats=None, warmup=None):
+        cpu = []
+
+        def run():
+            t0 = time.process_time()
+            fn()
+            cpu.append(time.process_time() - t0)
+
+        warmup = self.warmup if warmup is None else warmup
+        self.wall[key] = median_time(
+            run,
+            repeats=self.repeats if repeats is None else repeats,
+            warmup=warmup,
+            device=self.device,
+        )
+        self.cpu[key] = statistics.median(cpu[warmup:])
+        return self.wall[key]
+
+
+def _read_status_kb(field):
+    """A ``kB`` field of ``/proc/self/status`` (Linux), in bytes; None elsewhere."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        return None
+    return None
+
+
+def _reset_peak_rss():
+    """Reset the kernel's peak-RSS mark of this process; True when it could."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def _peak_rss_bytes():
+    peak = _read_status_kb("VmHWM")
+    if peak is not None:
+        return peak
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux: kB
+
+
+class _ModuleClock:
+    """Wall and process-CPU seconds spent inside the forward calls of some modules (via hooks),
+    to split one end-to-end run into its dense part and the rest."""
+
+    def __init__(self, modules, device):
+        self.cuda = torch.device(device).type == "cuda"
+        self.wall = self.cpu = 0.0
+        self._start = None
+        self._handles = []
+        for m in modules:
+            self._handles.append(m.register_forward_pre_hook(self._enter))
+            self._handles.append(m.register_forward_hook(self._exit))
+
+    def _now(self):
+        if self.cuda:
+            torch.cuda.synchronize()
+        return time.perf_counter(), time.process_time()
+
+    def _enter(self, module, inputs):
+        self._start = self._now()
+
+    def _exit(self, module, inputs, output):
+        wall, cpu = self._now()
+        self.wall += wall - self._start[0]
+        self.cpu += cpu - self._start[1]
+
+    def reset(self):
+        self.wall = self.cpu = 0.0
+
+    def remove(self):
+        for h in self._handles:
+            h.remove()
+
+
+class _PrecomputedBottomUp(torch.nn.Module):
+    """Stands in for a neck's bottom-up network and returns features computed beforehand."""
+
+    def __init__(self, outputs):
+        super().__init__()
+        self.outputs = outputs
+
+    def forward(self, x):
+        return self.outputs
+
+
+@contextlib.contextmanager
+def _torch_threads(n):
+    old = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old)
+
+
+def _load_cfg(args):
+    from ..engine import load_config
+
+    path = args.config_file
+    if not os.path.isfile(path):  # configs/... relative to the checkout, from any directory
+        in_checkout = os.path.join(os.path.dirname(__file__), "..", "..", path)
+        if not os.path.isfile(in_checkout):
+            raise FileNotFoundError(f"--config-file {path}: no such file")
+        path = in_checkout
+    cfg = load_config(path, args.opts or ())
+    cfg.MODEL.DEVICE = args.device
+    return cfg
+
+
+def prepare_dataset(root, max_sweeps=10):
+    """The synthetic nuScenes dataset under ``root``, generated with the demo's arguments when
+    ``root`` holds no dataset; info files built when missing or older than the data."""
+    from ..data.datasets import NUSCENES_SPEC, create_infos
+    from ..data.datasets.synthetic import MARKER_NAME
+    from ..engine.demo import prepare_synthetic_nuscenes
+
+    marker = os.path.join(root, MARKER_NAME)
+    if not os.path.exists(marker) and not os.path.isdir(os.path.join(root, VERSION)):
+        logger.warning("Generating the synthetic nuScenes dataset in %s (a few minutes)", root)
+        prepare_synthetic_nuscenes(root, max_sweeps=max_sweeps)
+        return root
+    # an existing dataset (synthetic of any size, or a real v1.0-mini) is used as it is
+    infos = [info_path(root, "nuscenes", split) for split in ("mini_train", "mini_val")]
+    stamp = os.path.getmtime(marker) if os.path.exists(marker) else 0.0
+    if not all(os.path.isfile(p) and os.path.getmtime(p) >= stamp for p in infos):
+        create_infos(NUSCENES_SPEC, root, VERSION, max_sweeps=max_sweeps, progress=False)
+    return root
+
+
+def _dataset_dicts(root, split):
+    return load_dataset_dicts(
+        info_path(root, "nuscenes", split), root, dataset="nuscenes", version=VERSION, split=split
+    )
+
+
+def _full_sweep_dicts(dicts, num_sweeps):
+    return [d for d in dicts if len(d["sweeps"]) >= num_sweeps] or dicts
+
+
+def _warm_page_cache(records):
+    for d in records:
+        for p in [d["lidar_path"]] + [s["lidar_path"] for s in d["sweeps"]]:
+            with open(p, "rb") as f:
+                f.read()
+
+
+# --------------------------------------------------------------------------------------------
+# inference
+# --------------------------------------------------------------------------------------------
+
+
+@torch.no_grad()
+def benchmark_inference(predictor, record, timer, profile=False):
+    """Per-stage and end-to-end latency of ``predictor`` on one dataset dict."""
+    model, mapper = predictor.model, predictor.mapper
+    figures = {}
+
+    pc_range = np.asarray(mapper.point_cloud_range, dtype=np.float32).reshape(6)
+
+    def load():
+        # the mapper's test-time steps before voxelization: keyframe + sweeps, range filter
+        points = load_points(
+            record,
+            point_features=mapper.point_features,
+            load_dim=mapper.load_dim,
+            num_sweeps=mapper.num_sweeps,
+            remove_close_radius=mapper.remove_close_radius,
+        )
+        mask = (points[:, 0] > pc_range[0]) & (points[:, 0] < pc_range[3])
+        for axis in (1, 2):
+            mask &= (points[:, axis] > pc_range[axis]) & (points[:, axis] < pc_range[axis + 3])
+        return points, points[mask]
+
+    timer("loading", load)
+    raw, points = load()
+    points_t = torch.from_numpy(points)
+    timer("voxelization", lambda: mapper.voxelizer(points_t))
+    # the whole test-time mapper (loading + voxelization + its bookkeeping), for information
+    timer("mapper", lambda: mapper(record))
+    figures["mapper_s"], figures["mapper_cpu_s"] = timer.wall["mapper"], timer.cpu["mapper"]
+    inputs = mapper(record)
+    figures["points"] = int(raw.shape[0])
+    figures["points_in_range"] = int(points.shape[0])
+    figures["pillars"] = int(inputs["voxels"].shape[0])
+
+    timer("batching", lambda: model.batch_voxels([inputs]))
+    voxels, num_points, coords = model.batch_voxels([inputs])
+    timer("pillar_net", lambda: model.pillar_encoder(voxels, num_points, coords))
+    features = model.pillar_encoder(voxels, num_points, coords)
+    timer("scatter", lambda: model.scatter(features, coords, 1))
+    canvas = model.scatter(features, coords, 1)
+
+    backbone = model.backbone
+    bottom_up = getattr(backbone, "bottom_up", None)
+    if bottom_up is not None:
+        timer("backbone", lambda: bottom_up(canvas))
+        backbone.bottom_up = _PrecomputedBottomUp(bottom_up(canvas))
+        try:
+            timer("neck", lambda: backbone(canvas))
+        finally:
+            backbone.bottom_up = bottom_up
+    else:
+        timer("backbone", lambda: backbone(canvas))
+        timer.wall["neck"], timer.cpu["neck"] = 0.0, 0.0
+    maps = backbone(canvas)
+    head_inputs = [maps[f] for f in model.head_in_features]
+    timer("head", lambda: model.head(head_inputs))
+    predictions = model.head(head_inputs)
+    grid_sizes = [tuple(f.shape[-2:]) for f in head_inputs]
+    image_size = tuple(canvas.shape[-2:])
+
+    def post():
+        (inst,) = model.head.inference(grid_sizes, *predictions, image_size)
+        return inst.to("cpu")
+
+    timer("post_processing", post)
+    scores = torch.cat([p.float().sigmoid() for p in predictions[0]], dim=1)[0]
+    nms_pre = model.head.nms_pre
+    level_sizes = [p.shape[1] for p in predictions[0]]
+    candidates = sum(min(n, nms_pre) if nms_pre > 0 else n for n in level_sizes)
+    # NMS input: candidates kept by the per-level top-k, and the fraction of all (anchor, class)
+    # scores above the threshold (1.0 at full load)
+    figures["post_candidates"] = int(candidates)
+    figures["post_pairs_above_threshold_fraction"] = round(
+        float((scores > model.head.score_thresh).float().mean()), 4
+    )
+    figures["detections"] = len(post())
+
+    # The end-to-end runs, each split into its dense part (backbone + neck + head forward, timed
+    # by hooks inside the same run) and the rest: the ratio of each run is immune to the load
+    # changing between separately timed stages.
+    clock = _ModuleClock([model.backbone, model.head], timer.device)
+    runs = []
+
+    def e2e():
+        clock.reset()
+        t0, c0 = time.perf_counter(), time.process_time()
+        predictor(record)
+        wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+        runs.append((wall, cpu, clock.wall, clock.cpu))
+
+    try:
+        timer("e2e", e2e)
+    finally:
+        clock.remove()
+    runs = runs[timer.warmup :]
+    figures["e2e_in_run_dense_s"] = statistics.median(r[2] for r in runs)
+    figures["e2e_in_run_dense_cpu_s"] = statistics.median(r[3] for r in runs)
+    figures["e2e_over_dense"] = statistics.median(r[0] / r[2] for r in runs)
+    figures["e2e_over_dense_cpu_time"] = statistics.median(r[1] / r[3] for r in runs)
+    figures["e2e_outside_dense_s"] = statistics.median(r[0] - r[2] for r in runs)
+    figures["e2e_outside_dense_cpu_s"] = statistics.median(r[1] - r[3] for r in runs)
+    if profile:
+        _profile(predictor, record)
+    return figures
+
+
+def _profile(predictor, record):
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU]
+    if torch.cuda.is_available() and predictor.model.device.type == "cuda":
+        activities.append(ProfilerActivity.CUDA)
+    with profile(activities=activities, record_shapes=False, profile_memory=True) as prof:
+        predictor(record)
+    print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=25))
+
+
+# --------------------------------------------------------------------------------------------
+# training and loading
+# --------------------------------------------------------------------------------------------
+
+
+def _mapped_batches(cfg, records, batch, count, seed):
+    """``count`` batches of mapped training samples (mapper None results skipped)."""
+    np.random.seed(seed)
+    mapper = PointCloudMapper(cfg, is_train=True)
+    samples, i = [], 0
+    while len(samples) < batch * count:
+        out = mapper(records[i % len(records)])
+        i += 1
+        if out is not None:
+            samples.append(out)
+        if i > 10 * batch * count + 100:
+            raise RuntimeError("the training mapper returns no annotated sample")
+    return [samples[k * batch : (k + 1) * batch] for k in range(count)]
+
+
+def benchmark_training(cfg, records, timer, args):
+    """Training iterations/s, keyframes/s and peak memory of ``--train-batch`` samples."""
+    from ..engine import PillarsTrainer, build_pillars_model
+
+    device = torch.device(cfg.MODEL.DEVICE)
+    torch.manual_seed(args.seed)
+    model = build_pillars_model(cfg).train()
+    optimizer = PillarsTrainer.build_optimizer(cfg, model)
+    batches = _mapped_batches(
+        cfg, records, args.train_batch, args.train_warmup + args.train_repeats, args.seed
+    )
+    it = iter(batches)
+
+    def step():
+        loss_dict = model(next(it))
+        losses = sum(loss_dict.values())
+        optimizer.zero_grad()
+        losses.backward()
+        optimizer.step()
+
+    figures = {}
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+        timer("train_iteration", step, repeats=args.train_repeats, warmup=args.train_warmup)
+        peak = torch.cuda.max_memory_allocated()
+        figures["train_peak_mem_source"] = "torch.cuda.max_memory_allocated"
+    else:
+        base = _read_status_kb("VmRSS") or 0
+        reset = _reset_peak_rss()
+        timer("train_iteration", step, repeats=args.train_repeats, warmup=args.train_warmup)
+        peak = _peak_rss_bytes()
+        figures["train_peak_mem_source"] = (
+            "VmHWM (peak RSS, reset before training)" if reset else "ru_maxrss (process peak RSS)"
+        )
+    figures["train_peak_mem_gb"] = round(peak / 2**30, 3)
+    figures["train_mem_before_gb"] = round(base / 2**30, 3)
+    figures["train_iter_s"] = timer.wall["train_iteration"]
+    figures["train_iter_cpu_s"] = timer.cpu["train_iteration"]
+    figures["train_its"] = 1.0 / timer.wall["train_iteration"]
+    figures["train_fps"] = args.train_batch / timer.wall["train_iteration"]
+    return figures
+
+
+def benchmark_loader(cfg, records, args):
+    """Keyframes/s of the training mapper with one torch thread (one data-loader worker)."""
+    np.random.seed(args.seed)
+    mapper = PointCloudMapper(cfg, is_train=True)
+    wall, cpu = [], []
+    with _torch_threads(1):
+        for i in range(args.warmup + args.loader_samples):
+            t0, c0 = time.perf_counter(), time.process_time()
+            mapper(records[i % len(records)])
+            if i >= args.warmup:
+                wall.append(time.perf_counter() - t0)
+                cpu.append(time.process_time() - c0)
+    return {
+        "loader_s_per_frame": statistics.median(wall),
+        "loader_cpu_s_per_frame": statistics.median(cpu),
+        "loader_fps_per_worker": 1.0 / statistics.median(wall),
+        "loader_fps_per_worker_cpu_time": 1.0 / statistics.median(cpu),
+    }
+
+
+# --------------------------------------------------------------------------------------------
+# main
+# --------------------------------------------------------------------------------------------
+
+INFERENCE_STAGES = [
+    ("loading", "load keyframe + sweeps, range filter"),
+    ("voxelization", "voxelization"),
+    ("batching", "batching (collate pillars)"),
+    ("pillar_net", "pillar net"),
+    ("scatter", "scatter"),
+    ("backbone", "backbone (bottom-up)"),
+    ("neck", "neck"),
+    ("head", "head (convolutions)"),
+    ("post_processing", "post-processing (decode, NMS, Instances)"),
+]
+
+
+def _verdict(ok):
+    return "PASS" if ok else "FAIL"
+
+
+def main(args):
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    threads = args.threads if args.threads > 0 else len(os.sched_getaffinity(0))
+    torch.set_num_threads(threads)
+    torch.manual_seed(args.seed)
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        raise RuntimeError("--device cuda: no CUDA device is available here; use --device cpu")
+    cfg = _load_cfg(args)
+
+    from ..engine import PillarsPredictor
+
+    root = os.path.abspath(args.root or os.path.join(default_datasets_root(), "synthetic_nuscenes"))
+    prepare_dataset(root, max_sweeps=max(10, cfg.INPUT.NUM_SWEEPS))
+    val = _full_sweep_dicts(_dataset_dicts(root, "mini_val"), cfg.INPUT.NUM_SWEEPS)
+    record = val[len(val) // 2]
+    _warm_page_cache([record])
+
+    timer = _Timer(args.device, args.repeats, args.warmup)
+    load_before = os.getloadavg()
+    predictor = PillarsPredictor(cfg)
+    if args.load == "full":
+        with torch.no_grad():
+            predictor.model.head.conv_cls.bias.zero_()
+    figures = {
+        "device": args.device,
+        "threads": threads,
+        "config": args.config_file,
+        "channels_last": bool(cfg.MODEL.CHANNELS_LAST),
+    }
+    figures.update(benchmark_inference(predictor, record, timer, profile=args.profile))
+    del predictor
+
+    if not args.skip_train:
+        train = _full_sweep_dicts(_dataset_dicts(root, "mini_train"), cfg.INPUT.NUM_SWEEPS)
+        rng = np.random.default_rng(args.seed)
+        picks = [train[i] for i in rng.permutation(len(train))[:64]]
+        _warm_page_cache(picks)
+        figures.update(benchmark_loader(cfg, picks, args))
+        figures.update(benchmark_training(cfg, picks, timer, args))
+        figures["loader_over_train"] = figures["loader_fps_per_worker"] / figures["train_fps"]
+    load_after = os.getloadavg()
+
+    wall, cpu = timer.wall, timer.cpu
+    dense = wall["backbone"] + wall["neck"] + wall["head"]
+    dense_cpu = cpu["backbone"] + cpu["neck"] + cpu["head"]
+    stages_sum = sum(wall[k] for k, _ in INFERENCE_STAGES)
+    figures.update(
+        {
+            "e2e_latency_s": wall["e2e"],
+            "e2e_cpu_s": cpu["e2e"],
+            # backbone + neck + head inside the end-to-end runs (the ratio's denominator)
+            "dense_latency_s": figures["e2e_in_run_dense_s"],
+            "dense_cpu_s": figures["e2e_in_run_dense_cpu_s"],
+            # the same three stages timed on their own
+            "dense_stages_latency_s": dense,
+            "dense_stages_cpu_s": dense_cpu,
+            "e2e_over_dense_stages": wall["e2e"] / dense,
+            "stages_sum_s": stages_sum,
+            "stage_s": {k: wall[k] for k, _ in INFERENCE_STAGES},
+            "stage_cpu_s": {k: cpu[k] for k, _ in INFERENCE_STAGES},
+            "post_processing_s": wall["post_processing"],
+            "post_load": args.load,
+            "repeats": args.repeats,
+            "warmup": args.warmup,
+            "load_average_1min": [round(load_before[0], 2), round(load_after[0], 2)],
+            "cpu_count": os.cpu_count(),
+            "sample_token": record["sample_token"],
+            "root": root,
+        }
+    )
+
+    rows = [[label, 1e3 * wall[k], 1e3 * cpu[k]] for k, label in INFERENCE_STAGES]
+    rows.append(
+        ["sum of the stages", 1e3 * stages_sum, 1e3 * sum(cpu[k] for k, _ in INFERENCE_STAGES)]
+    )
+    rows.append(["dense = backbone + neck + head (timed alone)", 1e3 * dense, 1e3 * dense_cpu])
+    rows.append(["end to end (PillarsPredictor)", 1e3 * wall["e2e"], 1e3 * cpu["e2e"]])
+    rows.append(
+        [
+            "  of which dense (same runs)",
+            1e3 * figures["dense_latency_s"],
+            1e3 * figures["dense_cpu_s"],
+        ]
+    )
+    rows.append(
+        [
+            "  of which outside the dense part",
+            1e3 * figures["e2e_outside_dense_s"],
+            1e3 * figures["e2e_outside_dense_cpu_s"],
+        ]
+    )
+    if "train_iteration" in wall:
+        rows.append(
+            [
+                f"training iteration (batch {args.train_batch})",
+                1e3 * wall["train_iteration"],
+                1e3 * cpu["train_iteration"],
+            ]
+        )
+        rows.append(
+            [
+                "loader keyframe (1 worker, 1 thread)",
+                1e3 * figures["loader_s_per_frame"],
+                1e3 * figures["loader_cpu_s_per_frame"],
+            ]
+        )
+    print(
+        f"device {args.device}, {threads} torch threads, channels_last {figures['channels_last']}, "
+        f"{figures['points']} points "
+        f"({figures['points_in_range']} in range, {figures['pillars']} pillars), post-processing "
+        f"load '{args.load}', median of {args.repeats} after {args.warmup} warm-up, load average "
+        f"{load_before[0]:.2f} -> {load_after[0]:.2f} on {os.cpu_count()} CPUs"
+    )
+    print_table(rows, headers=["stage", "wall ms", "process CPU ms"])
+
+    checks = [
+        [
+            "end to end / dense (wall, same runs)",
+            figures["e2e_over_dense"],
+            f"<= {TARGETS['e2e_over_dense_max']}",
+            _verdict(figures["e2e_over_dense"] <= TARGETS["e2e_over_dense_max"]),
+        ],
+        [
+            "end to end / dense (process CPU time, same runs)",
+            figures["e2e_over_dense_cpu_time"],
+            f"<= {TARGETS['e2e_over_dense_max']}",
+            _verdict(figures["e2e_over_dense_cpu_time"] <= TARGETS["e2e_over_dense_max"]),
+        ],
+        [
+            "post-processing (s, full load)" if args.load == "full" else "post-processing (s)",
+            figures["post_processing_s"],
+            f"<= {TARGETS['post_processing_s_max']}",
+            _verdict(figures["post_processing_s"] <= TARGETS["post_processing_s_max"]),
+        ],
+    ]
+    if "loader_over_train" in figures:
+        checks.append(
+            [
+                "loader fps per worker / train fps",
+                figures["loader_over_train"],
+                f">= {TARGETS['loader_over_train_min']}",
+                _verdict(figures["loader_over_train"] >= TARGETS["loader_over_train_min"]),
+            ]
+        )
+        checks.append(["train peak memory (GB)", figures["train_peak_mem_gb"], "", ""])
+        checks.append(["train keyframes/s", figures["train_fps"], "", ""])
+    figures["targets"] = {c[0]: c[3] for c in checks if c[3]}
+    print_table(checks, headers=["target", "measured", "target", "verdict"])
+    print_json(figures)
+    return figures

@@ -1,0 +1,106 @@
+"""``tools/benchmark.py e2e`` on a tiny synthetic nuScenes set with the CPU demo config."""
+
+import argparse
+import json
+import os
+import pytest
+import torch
+
+from d2_pillars.benchmark import e2e
+from d2_pillars.data.datasets import NUSCENES_SPEC, create_infos
+from d2_pillars.data.datasets.synthetic import make_synthetic_nuscenes
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+CONFIG = os.path.join(REPO, "configs/synthetic/pointpillars_regnetx_400mf_fpn_cpu.yaml")
+
+
+@pytest.fixture(scope="module")
+def root(tmp_path_factory):
+    root = make_synthetic_nuscenes(
+        str(tmp_path_factory.mktemp("datasets") / "synthetic_nuscenes"),
+        num_scenes=10,
+        keyframes_per_scene=2,
+        num_beams=8,
+        azimuth_steps=128,
+    )
+    create_infos(NUSCENES_SPEC, root, "v1.0-mini", max_sweeps=3, progress=False)
+    return root
+
+
+def _args(root, *extra):
+    parser = argparse.ArgumentParser()
+    e2e.add_arguments(parser)
+    argv = ["--config-file", CONFIG, "--root", root, "--repeats", "2", "--warmup", "1"]
+    argv += ["--train-batch", "2", "--train-repeats", "1", "--train-warmup", "0"]
+    argv += ["--loader-samples", "2", *extra]
+    # shrink the dense part: the test checks the bookkeeping, not the speed
+    argv += ["MODEL.FPN.OUT_CHANNELS", "16"]
+    return parser.parse_args(argv)
+
+
+def test_e2e_figures_and_last_json_line(root, capsys):
+    threads = torch.get_num_threads()
+    figures = e2e.main(_args(root))
+    assert torch.get_num_threads() == 1  # --threads defaults to 1 and is set explicitly
+    torch.set_num_threads(threads)
+    out = capsys.readouterr().out.strip().splitlines()
+    assert json.loads(out[-1]) == json.loads(json.dumps(figures))
+    for key in (
+        "device",
+        "points",
+        "e2e_latency_s",
+        "dense_latency_s",
+        "e2e_over_dense",
+        "loader_fps_per_worker",
+        "train_fps",
+        "loader_over_train",
+        "train_peak_mem_gb",
+        "stage_s",
+        "stage_cpu_s",
+        "load_average_1min",
+    ):
+        assert key in figures, key
+    assert figures["device"] == "cpu" and figures["threads"] == 1 and figures["points"] > 1000
+    stages = figures["stage_s"]
+    assert set(stages) == {k for k, _ in e2e.INFERENCE_STAGES}
+    assert all(v > 0 for v in stages.values())
+    # the dense part is timed inside the end-to-end runs, so it is a part of them
+    assert 0 < figures["dense_latency_s"] < figures["e2e_latency_s"]
+    assert figures["e2e_over_dense"] > 1.0
+    assert figures["post_pairs_above_threshold_fraction"] == 1.0  # full load: bias 0
+    assert figures["detections"] > 0
+    assert figures["train_peak_mem_gb"] >= figures["train_mem_before_gb"] > 0
+    ratio = figures["loader_fps_per_worker"] / figures["train_fps"]
+    assert figures["loader_over_train"] == pytest.approx(ratio)
+    assert set(figures["targets"].values()) <= {"PASS", "FAIL"} and len(figures["targets"]) == 4
+    assert any("PASS" in line or "FAIL" in line for line in out)
+
+
+def test_module_clock_times_only_the_hooked_modules():
+    slow = torch.nn.Sequential(torch.nn.Linear(256, 256), torch.nn.ReLU())
+    clock = e2e._ModuleClock([slow], "cpu")
+    x = torch.randn(512, 256)
+    with torch.no_grad():
+        slow(x)
+    once = clock.wall
+    assert once > 0 and clock.cpu >= 0
+    torch.randn(2000, 2000).sum()  # not inside a hooked module: not counted
+    assert clock.wall == once
+    clock.reset()
+    assert clock.wall == 0.0
+    clock.remove()
+    with torch.no_grad():
+        slow(x)
+    assert clock.wall == 0.0
+
+
+def test_peak_rss_reset_and_read():
+    before = e2e._peak_rss_bytes()
+    assert before > 0
+    if not e2e._reset_peak_rss():
+        pytest.skip("/proc/self/clear_refs is not writable here")
+    after_reset = e2e._peak_rss_bytes()
+    assert after_reset <= before
+    block = torch.ones(64 * 2**20 // 4)  # 64 MB touched
+    assert e2e._peak_rss_bytes() >= after_reset + 32 * 2**20
+    del block
