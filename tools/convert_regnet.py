@@ -7,15 +7,15 @@
 Prints what was mapped, dropped and left at initialisation; exits with status 1 and a message
 naming the difference when the checkpoint does not fit the config's RegNet.
 """
+import argparse
+import sys
+
 from d2_pillars.checkpoint.regnet_converter import (
     SOURCE_FORMATS,
     RegNetCheckpointError,
     convert_regnet_file,
     format_report,
 )
-
-import argparse
-import sys
 
 
 def get_parser():

@@ -4,9 +4,9 @@
     python tools/demo.py [--config-file configs/synthetic/pointpillars_regnetx_400mf_fpn_cpu.yaml]
                          [--output-dir output/demo] [KEY VALUE ...]
 """
-from d2_pillars.engine.demo import DEMO_CONFIG, run_demo
-
 import argparse
+
+from d2_pillars.engine.demo import DEMO_CONFIG, run_demo
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])

@@ -11,13 +11,13 @@ nuScenes: ``v1.0-mini`` tables with the real mini scene names (8 train / 2 val),
 with 9 sweeps between them. Lyft: ``v1.01-train`` under ``OUT/v1.01-train``. Re-running with the
 same arguments does nothing; ``--force`` regenerates.
 """
-from d2_pillars.data.datasets.synthetic import MARKER_NAME, make_synthetic_dataset
-
 import argparse
 import json
 import logging
 import os
 import time
+
+from d2_pillars.data.datasets.synthetic import MARKER_NAME, make_synthetic_dataset
 
 
 def main():

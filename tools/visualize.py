@@ -12,11 +12,11 @@
 
 Trailing KEY VALUE pairs override config keys (as in train_net.py).
 """
-from d2_pillars.visualization import visualize
-
 import argparse
 import logging
 import sys
+
+from d2_pillars.visualization import visualize
 
 
 def parse_args(argv=None):

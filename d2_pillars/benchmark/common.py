@@ -1,10 +1,9 @@
 """Timing helpers shared by the benchmarks."""
 
-import torch
-
 import json
 import statistics
 import time
+import torch
 
 __all__ = ["median_time", "print_table", "print_json"]
 

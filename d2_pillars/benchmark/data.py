@@ -10,16 +10,15 @@ cost per keyframe. It is reported from wall time (this machine as loaded now) an
 process's CPU time (a free core). A per-stage breakdown repeats the mapper's steps.
 """
 
-import numpy as np
-import torch
-
-from detectron2.config import get_cfg
-
 import argparse
 import logging
+import numpy as np
 import os
 import statistics
 import time
+import torch
+
+from detectron2.config import get_cfg
 
 from ..config import add_pillars_config
 from ..data.datasets import NUSCENES_SPEC, create_infos, info_path, load_dataset_dicts

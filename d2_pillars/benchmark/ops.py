@@ -14,7 +14,10 @@ with the nuScenes configs:
 The last output line is one JSON object with the figures (milliseconds).
 """
 
+import math
 import numpy as np
+import statistics
+import time
 import torch
 
 from d2_pillars.layers import (
@@ -23,10 +26,6 @@ from d2_pillars.layers import (
     nms_rotated_bev,
     pairwise_iou_rotated_bev,
 )
-
-import math
-import statistics
-import time
 
 from .common import median_time, print_json, print_table
 

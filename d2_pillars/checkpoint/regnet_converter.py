@@ -18,18 +18,17 @@ wrapper). Conversion has three steps:
 
 :func:`format_report` renders what was mapped, dropped and left at initialisation.
 """
-import torch
-from tabulate import tabulate
-
-from d2_pillars.structures import BOX_CONVENTION_VERSION
-from d2_pillars.utils.file_io import atomic_open
-
 import logging
 import os
 import re
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Dict, List, Mapping, Optional, Tuple
+import torch
+from tabulate import tabulate
+
+from d2_pillars.structures import BOX_CONVENTION_VERSION
+from d2_pillars.utils.file_io import atomic_open
 
 __all__ = [
     "SOURCE_FORMATS",

@@ -5,6 +5,9 @@ itself. No aspect-ratio grouping (there are no images); training uses detectron2
 ``TrainingSampler``, testing its ``InferenceSampler`` (batch 1, as detectron2 v0.6).
 """
 
+import itertools
+import logging
+
 from detectron2.data import (
     DatasetCatalog,
     build_detection_test_loader,
@@ -12,9 +15,6 @@ from detectron2.data import (
 )
 from detectron2.data.build import trivial_batch_collator
 from detectron2.data.samplers import InferenceSampler, TrainingSampler
-
-import itertools
-import logging
 
 from .mapper import PointCloudMapper
 

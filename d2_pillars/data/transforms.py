@@ -9,13 +9,12 @@ scale and mirror velocities. :class:`RandomGlobalTransform3D` draws one per samp
 The point functions below match ``LiDARBoxes.rotate / scale / translate / flip`` one to one.
 """
 
+import math
 import numpy as np
+from typing import Optional, Sequence
 import torch
 
 from d2_pillars.structures import LiDARBoxes
-
-import math
-from typing import Optional, Sequence
 
 __all__ = [
     "rotation_matrix_z",

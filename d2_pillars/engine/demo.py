@@ -9,12 +9,12 @@
 6. print where everything is and, last, one JSON line with car AP, mAP, NDS and the minutes spent.
 """
 
-from detectron2.utils.logger import setup_logger
-
 import json
 import logging
 import os
 import time
+
+from detectron2.utils.logger import setup_logger
 
 from ..data import DATASETS_ROOT
 from ..data.datasets import NUSCENES_SPEC, create_infos, info_path

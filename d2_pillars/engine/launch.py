@@ -5,15 +5,14 @@ machine without CUDA, ``num_gpus_per_machine`` processes are spawned on the CPU 
 backend (useful for debugging distributed code, and how the tests exercise ``main``).
 """
 
+import logging
+from datetime import timedelta
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from detectron2.engine import launch as d2_launch
 from detectron2.utils import comm
-
-import logging
-from datetime import timedelta
 
 __all__ = ["launch"]
 

@@ -5,6 +5,7 @@ crash on one GPU); with several processes the trainer converts every BatchNorm i
 ``NaiveSyncBatchNorm`` (2D) or the pillar encoder's ``NaiveSyncBatchNorm1d`` ((N, C) input), whose
 statistics are all-reduced differentiably.
 """
+
 from torch import nn
 
 from detectron2.layers import NaiveSyncBatchNorm

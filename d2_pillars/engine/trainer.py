@@ -1,5 +1,9 @@
 """The detectron2 trainer for d2_pillars: point-cloud loaders, 3D evaluators, AdamW, AMP."""
 
+import logging
+import os
+import time
+import weakref
 import torch
 from torch.nn.parallel import DistributedDataParallel
 
@@ -9,11 +13,6 @@ from detectron2.modeling import build_model
 from detectron2.solver.build import get_default_optimizer_params, maybe_add_gradient_clipping
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
-
-import logging
-import os
-import time
-import weakref
 
 from ..checkpoint import PillarsCheckpointer
 from ..data import build_pillars_test_loader, build_pillars_train_loader

@@ -2,18 +2,17 @@
 frame on every rank, merging them on the main rank, and the BEV images of the worst and best
 samples saved next to the metrics."""
 
+import itertools
+import logging
+import math
 import numpy as np
+import os
+from typing import Dict, List, Optional, Sequence, Tuple
 import torch
 
 from detectron2.data import MetadataCatalog
 from detectron2.evaluation import DatasetEvaluator
 from detectron2.utils import comm
-
-import itertools
-import logging
-import math
-import os
-from typing import Dict, List, Optional, Sequence, Tuple
 
 from .examples import (
     VIS_SUBDIR,

@@ -8,14 +8,13 @@ labelled ground truth of the registered dataset's record by BEV centre distance,
 samples only, and renders them with :func:`d2_pillars.visualization.save_bev_examples`.
 """
 
-import numpy as np
-
-from detectron2.data import DatasetCatalog, MetadataCatalog
-
 import glob
 import logging
+import numpy as np
 import os
 from typing import Dict, List, Sequence
+
+from detectron2.data import DatasetCatalog, MetadataCatalog
 
 __all__ = [
     "VIS_SUBDIR",

@@ -23,9 +23,8 @@ The fast path reproduces the SDK's behaviour, not the geometric truth:
   from the ground truth (:func:`lyft_class_names`).
 """
 
-import numpy as np
-
 import logging
+import numpy as np
 from typing import Dict, List, Sequence
 
 __all__ = [

@@ -9,18 +9,17 @@ split; its summary (``metrics_summary.json``, ``metrics_details.json``) and, opt
 plots are saved next to the results.
 """
 
-import numpy as np
-from tabulate import tabulate
-
-from detectron2.utils import comm
-
 import contextlib
 import logging
+import numpy as np
 import os
 import shutil
 import tempfile
 from collections import OrderedDict
 from typing import Dict, List, Optional, Sequence
+from tabulate import tabulate
+
+from detectron2.utils import comm
 
 from .common import GlobalFrameEvaluator, dataset_metadata
 from .results_io import (

@@ -16,10 +16,9 @@ For several classes the graph is built within each class only (classes never sup
 and ``multiclass_nms_rotated_bev`` shares one graph between all classes because the boxes are
 shared.
 """
+import functools
 import numpy as np
 import torch
-
-import functools
 
 from .rotated_iou import bev_to_d2_rotated, candidate_pairs, iou_of_pairs
 

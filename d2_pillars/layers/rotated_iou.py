@@ -16,9 +16,8 @@ implementation below, which works on CPU and CUDA:
    :func:`intersection_area_of_pairs`);
 3. the intersection area is the shoelace sum over the clipped boundary.
 """
-import torch
-
 import functools
+import torch
 
 __all__ = ["pairwise_iou_rotated_bev"]
 

@@ -1,5 +1,8 @@
 # -*- coding: utf-8 -*-
 """The PointPillars anchor head: predictions, anchor assignment, losses and inference."""
+import logging
+import math
+from typing import Dict, List, Optional, Sequence, Tuple
 import torch
 from fvcore.nn import smooth_l1_loss
 from torch import Tensor, nn
@@ -12,10 +15,6 @@ from detectron2.structures import Boxes, Instances, pairwise_iou
 from detectron2.structures.boxes import matched_pairwise_iou
 from detectron2.utils.events import get_event_storage
 from detectron2.utils.registry import Registry
-
-import logging
-import math
-from typing import Dict, List, Optional, Sequence, Tuple
 
 from ..layers import multiclass_nms_rotated_bev
 from ..structures import LiDARBoxes

@@ -1,11 +1,10 @@
 # -*- coding: utf-8 -*-
 """Aligned 3D anchor grids for the BEV feature maps of :class:`Anchor3DHead`."""
+from typing import Dict, List, Sequence, Tuple
 import torch
 from torch import nn
 
 from detectron2.config import configurable
-
-from typing import Dict, List, Sequence, Tuple
 
 from ..structures import LiDARBoxes
 

@@ -5,10 +5,9 @@ Boxes and anchors follow the package convention (``d2_pillars.structures``): ``(
 yaw[, vx, vy])`` with the geometric centre ``(x, y, z)``. Because both sides use centre z, the
 height residual ``t_z = (z_g - z_a) / h_a`` equals the reference's centre-to-centre residual.
 """
-import torch
-
 import math
 from typing import Tuple
+import torch
 
 __all__ = [
     "ResidualBoxCoder",

@@ -1,14 +1,13 @@
 # -*- coding: utf-8 -*-
 """The PointPillars meta-architecture: pillars, BEV pseudo-image, backbone and neck, anchor head."""
+import logging
+from typing import Dict, List, Tuple
 import torch
 from torch import Tensor, nn
 
 from detectron2.config import configurable
 from detectron2.layers import ShapeSpec
 from detectron2.modeling import META_ARCH_REGISTRY, Backbone, build_backbone
-
-import logging
-from typing import Dict, List, Tuple
 
 from ..layers import collate_voxels
 from ..structures import LiDARBoxes

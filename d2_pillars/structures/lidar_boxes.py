@@ -10,11 +10,10 @@ Convention (``BOX_CONVENTION_VERSION`` 1; see ARCHITECTURE.md): a box is
 * ``(vx, vy)`` is the velocity in the x-y plane of the same frame (nuScenes only).
 """
 
-import numpy as np
-import torch
-
 import math
+import numpy as np
 from typing import List, Optional, Sequence
+import torch
 
 __all__ = ["BOX_CONVENTION_VERSION", "LiDARBoxes", "limit_period", "rotation_z"]
 

@@ -17,18 +17,17 @@ as solid lines, predictions dashed and thinner, both in the colour of their clas
 with the classes shown, the line styles, the score threshold and the point colour scale.
 """
 
+import logging
+import math
 import numpy as np
+import os
+from dataclasses import dataclass
+from typing import Optional, Sequence, Tuple
 import cv2
 import torch
 
 from d2_pillars.structures import LiDARBoxes
 from d2_pillars.utils.file_io import atomic_write_bytes
-
-import logging
-import math
-import os
-from dataclasses import dataclass
-from typing import Optional, Sequence, Tuple
 
 __all__ = [
     "BEVProjector",

@@ -18,12 +18,10 @@ process that tries it) and the first one that renders a test scene is used for t
 process. ``D2_PILLARS_O3D_BACKEND`` forces a backend.
 """
 
-import numpy as np
-import torch
-
 import atexit
 import logging
 import math
+import numpy as np
 import os
 import select
 import shutil
@@ -32,6 +30,7 @@ import sys
 import time
 from dataclasses import dataclass
 from typing import Callable, List, Optional, Sequence, Tuple
+import torch
 
 from .bev import (
     BACKGROUND,

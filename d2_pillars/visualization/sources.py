@@ -15,15 +15,14 @@ dataset (``DatasetCatalog``), predictions from one of
 interactive Open3D window (N / P for next / previous sample).
 """
 
-import numpy as np
-import torch
-
-from d2_pillars.structures import LiDARBoxes
-
 import logging
+import numpy as np
 import os
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence
+import torch
+
+from d2_pillars.structures import LiDARBoxes
 
 from .bev import _as_numpy, render_bev, save_png
 

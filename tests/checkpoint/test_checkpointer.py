@@ -1,7 +1,11 @@
 """PillarsCheckpointer: box-convention stamp and check, atomic saves, weights_only loads, and
 RegNet conversion on load (MODEL.WEIGHTS naming a pycls .pyth or a torchvision file)."""
 
+import contextlib
+import logging
 import numpy as np
+import os
+import pickle
 import pytest
 import torch
 import torchvision
@@ -23,11 +27,6 @@ from d2_pillars.checkpoint import checkpointer as checkpointer_module
 from d2_pillars.config import add_pillars_config
 from d2_pillars.modeling.backbone import REGNETX_PRESETS
 from d2_pillars.structures import BOX_CONVENTION_VERSION
-
-import contextlib
-import logging
-import os
-import pickle
 
 
 class TinyDetector(nn.Module):

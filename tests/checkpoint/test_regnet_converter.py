@@ -1,7 +1,11 @@
 """RegNet converter: real pycls and torchvision RegNets (random weights, built locally) are saved in
 their native formats, converted, loaded into the BEV RegNet, and compared stage by stage."""
 
+import contextlib
+import io
 import numpy as np
+import os
+import runpy
 import pytest
 import torch
 import torchvision
@@ -26,11 +30,6 @@ from d2_pillars.checkpoint.regnet_converter import (
 from d2_pillars.config import add_pillars_config
 from d2_pillars.modeling.backbone import REGNETX_PRESETS, build_regnet_bev_backbone
 from d2_pillars.structures import BOX_CONVENTION_VERSION
-
-import contextlib
-import io
-import os
-import runpy
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 TORCHVISION_NAMES = {"400MF": "regnet_x_400mf", "1.6GF": "regnet_x_1_6gf"}

@@ -5,7 +5,11 @@ Lyft sample; nuScenes LiDAR files and the reference implementation's info record
 data: ``d2_pillars.data.datasets.synthetic`` (round trip against the devkit's own boxes).
 """
 
+import importlib.util
+import math
 import numpy as np
+import os
+import pickle
 import pytest
 
 from d2_pillars.data.datasets import (
@@ -20,11 +24,6 @@ from d2_pillars.data.datasets import (
 from d2_pillars.data.datasets.builder import invert_pose, pose_matrix
 from d2_pillars.data.points import load_lidar_file
 from d2_pillars.structures import BOX_CONVENTION_VERSION, LiDARBoxes
-
-import importlib.util
-import math
-import os
-import pickle
 
 SAMPLES = os.environ.get("D2_PILLARS_SAMPLES", "/work/shared/data/samples")
 LYFT_ROOT = os.path.join(SAMPLES, "lyft")

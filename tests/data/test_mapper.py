@@ -1,6 +1,9 @@
 """Point loading (keyframe + sweeps), PointCloudMapper and the loader builders."""
 
+import logging
+import math
 import numpy as np
+import os
 import pytest
 import torch
 
@@ -18,10 +21,6 @@ from d2_pillars.data.points import PointFileError, load_lidar_file, load_points
 from d2_pillars.data.transforms import GlobalTransform3D, RandomGlobalTransform3D
 from d2_pillars.layers import Voxelizer
 from d2_pillars.structures import LiDARBoxes
-
-import logging
-import math
-import os
 
 RANGE = [-50.0, -50.0, -5.0, 50.0, 50.0, 3.0]
 

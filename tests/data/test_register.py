@@ -1,6 +1,8 @@
 """Dataset catalog: default names, lazy loading, metadata, clear errors."""
 
 import numpy as np
+import os
+import pickle
 import pytest
 
 from detectron2.data import DatasetCatalog, MetadataCatalog
@@ -14,9 +16,6 @@ from d2_pillars.data.datasets import (
     default_datasets_root,
     save_infos,
 )
-
-import os
-import pickle
 
 LYFT_ROOT = os.path.join(os.environ.get("D2_PILLARS_SAMPLES", "/work/shared/data/samples"), "lyft")
 

@@ -4,7 +4,13 @@ Small datasets (2 scenes x 4 keyframes, few beams) keep this fast; one test gene
 full-size nuScenes frame (10 sweeps) to check the point count.
 """
 
+import glob
+import json
+import math
 import numpy as np
+import os
+import runpy
+import sys
 import pytest
 import shapely
 from nuscenes import NuScenes
@@ -36,13 +42,6 @@ from d2_pillars.data.datasets.synthetic_scene import (
     quaternion_to_matrix,
 )
 from d2_pillars.data.datasets.synthetic_writer import LYFT_FORMAT, NUSCENES_FORMAT
-
-import glob
-import json
-import math
-import os
-import runpy
-import sys
 
 SMALL = dict(num_scenes=2, keyframes_per_scene=4, seed=0, num_beams=32, azimuth_steps=360)
 LOW_RES = dict(SMALL, num_beams=8, azimuth_steps=256)  # as in the evaluation tests

@@ -1,5 +1,6 @@
 """3D augmentations: points and LiDARBoxes move together (checked by brute force in numpy)."""
 
+import math
 import numpy as np
 import pytest
 import torch
@@ -15,8 +16,6 @@ from d2_pillars.data.transforms import (
     translate_points,
 )
 from d2_pillars.structures import LiDARBoxes
-
-import math
 
 
 def _random_boxes(rng, n=6):

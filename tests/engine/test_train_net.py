@@ -5,18 +5,17 @@ synthetic nuScenes set, registered under the default names through ``D2_PILLARS_
 that spawned processes see them too.
 """
 
-import pytest
-import torch
-
-from d2_pillars.data.datasets import NUSCENES_SPEC, create_infos
-from d2_pillars.data.datasets.synthetic import make_synthetic_nuscenes
-
 import json
 import os
 import signal
 import subprocess
 import sys
 import time
+import pytest
+import torch
+
+from d2_pillars.data.datasets import NUSCENES_SPEC, create_infos
+from d2_pillars.data.datasets.synthetic import make_synthetic_nuscenes
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 CONFIG = os.path.join(REPO, "configs/synthetic/pointpillars_regnetx_400mf_fpn_cpu.yaml")

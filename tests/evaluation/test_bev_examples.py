@@ -1,7 +1,9 @@
 """BEV images of the worst and best samples, saved by the evaluators next to their metrics."""
 
-import cv2
+import logging
 import numpy as np
+import os
+import cv2
 import pytest
 import torch
 
@@ -17,9 +19,6 @@ from d2_pillars.evaluation import LyftEvaluator, NuScenesEvaluator
 from d2_pillars.evaluation.examples import select_examples
 from d2_pillars.structures import LiDARBoxes
 from d2_pillars.visualization.bev import BACKGROUND, class_color
-
-import logging
-import os
 
 NUSC_VAL = "_test_bev_examples_nusc_val"
 LYFT_VAL = "_test_bev_examples_lyft_val"

@@ -1,6 +1,8 @@
 """LyftEvaluator on the synthetic Lyft set: the SDK's metric, the Kaggle CSV, errors."""
 
+import json
 import numpy as np
+import os
 import pytest
 import torch
 
@@ -19,9 +21,6 @@ from d2_pillars.evaluation import (
     merge_predictions,
 )
 from d2_pillars.structures import LiDARBoxes
-
-import json
-import os
 
 VAL, TRAIN = "_test_eval_lyft_val", "_test_eval_lyft_train"
 

@@ -1,6 +1,9 @@
 """NuScenesEvaluator on the synthetic nuScenes set, against the official devkit."""
 
+import json
+import math
 import numpy as np
+import os
 import pytest
 import torch
 from nuscenes.eval.common.utils import quaternion_yaw
@@ -21,10 +24,6 @@ from d2_pillars.evaluation import (
     merge_predictions,
 )
 from d2_pillars.structures import LiDARBoxes
-
-import json
-import math
-import os
 
 VAL, TRAIN = "_test_eval_nusc_mini_val", "_test_eval_nusc_mini_train"
 RANGES = {"car": 50, "truck": 50, "bus": 50, "trailer": 50, "construction_vehicle": 50}

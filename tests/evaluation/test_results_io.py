@@ -1,6 +1,9 @@
 """Results files: atomic writers, readers, format errors, token checks."""
 
+import json
+import math
 import numpy as np
+import os
 import pytest
 from pyquaternion import Quaternion
 
@@ -16,10 +19,6 @@ from d2_pillars.evaluation.results_io import (
     write_lyft_results,
     write_nuscenes_results,
 )
-
-import json
-import math
-import os
 
 
 def _lyft_results(seed=0, num_samples=6):

@@ -1,3 +1,4 @@
+import math
 import numpy as np
 import pytest
 import shapely
@@ -9,8 +10,6 @@ from d2_pillars.layers import (
     nms_rotated_bev,
     pairwise_iou_rotated_bev,
 )
-
-import math
 
 
 def shapely_iou_matrix(boxes):

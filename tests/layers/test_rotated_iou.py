@@ -1,3 +1,4 @@
+import math
 import numpy as np
 import pytest
 import shapely
@@ -10,8 +11,6 @@ from d2_pillars.layers.rotated_iou import (
     detectron2_box_iou_rotated_available,
     iou_of_pairs,
 )
-
-import math
 
 
 def shapely_polygons(boxes):

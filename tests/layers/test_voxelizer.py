@@ -1,4 +1,5 @@
 import numpy as np
+import pickle
 import pytest
 import torch
 
@@ -7,8 +8,6 @@ from detectron2.config import get_cfg
 from d2_pillars.config import add_pillars_config
 from d2_pillars.layers import Voxelizer, collate_voxels
 from d2_pillars.layers.voxelizer import voxelize_torch
-
-import pickle
 
 BACKENDS = ["spconv", "torch"]
 

@@ -1,3 +1,4 @@
+import math
 import numpy as np
 import pytest
 import torch
@@ -17,8 +18,6 @@ from d2_pillars.modeling.anchor_head import (
 from d2_pillars.modeling.anchors import Anchor3DGenerator
 from d2_pillars.modeling.box_coder import ResidualBoxCoder, direction_targets, limit_period
 from d2_pillars.structures import LiDARBoxes
-
-import math
 
 
 def _matcher():

@@ -1,3 +1,4 @@
+import math
 import numpy as np
 import pytest
 import torch
@@ -9,8 +10,6 @@ from d2_pillars.modeling.box_coder import (
     direction_targets,
     limit_period,
 )
-
-import math
 
 
 def _random_boxes(n, code_size, seed):

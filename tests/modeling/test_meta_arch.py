@@ -1,3 +1,4 @@
+import math
 import pytest
 import torch
 
@@ -7,7 +8,6 @@ from detectron2.structures import Instances
 from d2_pillars.modeling.meta_arch import PointPillars
 from d2_pillars.structures import LiDARBoxes
 
-import math
 from pillars_scenes import make_inputs, tiny_cfg
 
 

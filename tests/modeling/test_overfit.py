@@ -4,6 +4,7 @@ On CPU (2 cores) recall 1.0 is reached after about 30 AdamW iterations (20-60 s)
 as soon as the goal is met and fails after MAX_ITERS.
 """
 
+import math
 import torch
 
 from detectron2.modeling import build_model
@@ -11,7 +12,6 @@ from detectron2.modeling import build_model
 from d2_pillars.layers import pairwise_iou_rotated_bev
 from d2_pillars.modeling.box_coder import limit_period
 
-import math
 from pillars_scenes import make_inputs, tiny_cfg
 
 MAX_ITERS = 120

@@ -1,3 +1,4 @@
+import math
 import numpy as np
 import pytest
 import torch
@@ -7,8 +8,6 @@ from nuscenes.utils.data_classes import Box as NuScenesBox
 from pyquaternion import Quaternion
 
 from d2_pillars.structures import BOX_CONVENTION_VERSION, LiDARBoxes
-
-import math
 
 # Our corner k is the devkit's corner DEVKIT_ORDER[k] (devkit: 4 front corners, then 4 rear).
 DEVKIT_ORDER = [3, 7, 6, 2, 0, 4, 5, 1]

@@ -1,6 +1,8 @@
 """BEV rendering: pixels checked against an independent projection of the boxes."""
 
+import math
 import numpy as np
+import os
 import cv2
 import pytest
 import torch
@@ -16,9 +18,6 @@ from d2_pillars.visualization.bev import (
     save_bev_examples,
     save_png,
 )
-
-import math
-import os
 
 CLASSES = ["car", "truck", "trailer", "bus", "construction_vehicle", "bicycle", "motorcycle",
            "pedestrian", "traffic_cone", "barrier"]  # fmt: skip

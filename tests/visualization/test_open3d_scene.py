@@ -1,15 +1,14 @@
 """Open3D scenes: geometry against the box definition; headless renders checked pixel by pixel
 against an independent pinhole projection; the Xvfb path in a child process."""
 
-import numpy as np
-import cv2
-import pytest
-
 import math
+import numpy as np
 import os
 import subprocess
 import sys
 import textwrap
+import cv2
+import pytest
 
 o3d = pytest.importorskip("open3d", reason="open3d is not importable here")
 

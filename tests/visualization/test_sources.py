@@ -1,7 +1,9 @@
 """Sample sources: results files (global frame) back into the LiDAR frame, checked against the
 nuScenes devkit's own Box transforms; the model path; the visualize() driver on a tiny dataset."""
 
+import math
 import numpy as np
+import os
 import cv2
 import pytest
 import torch
@@ -23,9 +25,6 @@ from d2_pillars.visualization.sources import (
     save_samples,
     visualize,
 )
-
-import math
-import os
 
 LYFT_CLASSES = ["car", "other_vehicle", "pedestrian", "bicycle", "truck", "bus", "motorcycle",
                 "emergency_vehicle", "animal"]  # fmt: skip

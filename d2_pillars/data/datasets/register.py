@@ -20,11 +20,11 @@ synthetic_lyft_{train,val}    .../synthetic_lyft              v1.01-train    tra
 ============================  ==============================  =============  ============
 """
 
-from detectron2.data import DatasetCatalog, MetadataCatalog
-
 import logging
 import os
 from typing import List, Optional
+
+from detectron2.data import DatasetCatalog, MetadataCatalog
 
 from .builder import DatasetSpec, info_path
 from .infos import InfoFileError, load_infos

@@ -19,8 +19,6 @@ arguments (``num_workers`` does not change a byte). A finished dataset is marked
 arguments is stale and is regenerated (the new marker is newer than infos built from the old one).
 """
 
-from d2_pillars.utils.file_io import atomic_open
-
 import json
 import logging
 import multiprocessing
@@ -28,6 +26,8 @@ import os
 import shutil
 import time
 from typing import Optional
+
+from d2_pillars.utils.file_io import atomic_open
 
 from .synthetic_writer import (
     FORMATS,

@@ -20,10 +20,9 @@ the heading) and yaw about +z. Sizes are kept at millimetre resolution so that t
 to the annotation tables are exactly the boxes the rays were cast against.
 """
 
-import numpy as np
-
 import dataclasses
 import math
+import numpy as np
 from typing import Dict, NamedTuple, Optional, Sequence, Tuple
 
 __all__ = [

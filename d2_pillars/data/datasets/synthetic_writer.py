@@ -18,18 +18,17 @@ Formats reproduced (checked against the real excerpts in ``shared/data/samples``
   nanoseconds, intensity 100, ``num_lidar_pts = -1``, empty ``visibility_token``.
 """
 
-import numpy as np
-
-from d2_pillars.utils.file_io import atomic_open
-
 import dataclasses
 import datetime
 import hashlib
 import io
 import json
 import math
+import numpy as np
 import os
 from typing import Callable, Dict, List, NamedTuple, Optional, Tuple
+
+from d2_pillars.utils.file_io import atomic_open
 
 from .synthetic_scene import (
     KIND_NAMES,
