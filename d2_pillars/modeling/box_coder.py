@@ -9,6 +9,8 @@ import math
 from typing import Tuple
 import torch
 
+from ..structures.lidar_boxes import limit_period
+
 __all__ = [
     "ResidualBoxCoder",
     "limit_period",
@@ -20,16 +22,6 @@ __all__ = [
 # Largest log-ratio allowed when decoding l, w, h (as detectron2's ``_DEFAULT_SCALE_CLAMP``):
 # keeps ``exp`` finite for wild early-training predictions; about 62x the anchor size.
 _DIM_LOG_CLAMP = math.log(1000.0 / 16)
-
-
-def limit_period(value: torch.Tensor, offset: float = 0.5, period: float = math.pi):
-    """
-    Map ``value`` into ``[-offset * period, (1 - offset) * period)``.
-
-    ``limit_period(v, 0, 2*pi)`` wraps into ``[0, 2*pi)``; ``limit_period(v, 0.5, 2*pi)`` into
-    ``[-pi, pi)``.
-    """
-    return value - torch.floor(value / period + offset) * period
 
 
 class ResidualBoxCoder:
