@@ -29,7 +29,7 @@ from detectron2.structures import Instances
 
 from d2_pillars.checkpoint import BoxConventionMismatchError, PillarsCheckpointer
 from d2_pillars.checkpoint import checkpointer as checkpointer_module
-from d2_pillars.data import register_lyft, register_nuscenes
+from d2_pillars.data import register_nuscenes
 from d2_pillars.data.datasets import (
     LYFT_SPEC,
     NUSCENES_SPEC,
@@ -438,22 +438,11 @@ LYFT_VAL, LYFT_TRAIN = "_reliability_lyft_val", "_reliability_lyft_train"
 
 
 @pytest.fixture(scope="module")
-def lyft_split(tmp_path_factory):
-    root = make_synthetic_lyft(
-        str(tmp_path_factory.mktemp("lyft_eval")),
-        num_scenes=2,
-        keyframes_per_scene=3,
-        seed=1,
-        num_beams=8,
-        azimuth_steps=90,
-    )
-    paths = create_infos(
-        LYFT_SPEC, root, "v1.01-train", max_sweeps=0, scene_split="last20", progress=False
-    )
-    for name, split in ((LYFT_VAL, "val"), (LYFT_TRAIN, "train")):
-        if name not in DatasetCatalog.list():
-            register_lyft(name, paths[split], root, scene_split="last20")
-    return root
+def lyft_split(tmp_path_factory, register_small_synthetic):
+    return register_small_synthetic(
+        "lyft", tmp_path_factory.mktemp("lyft_eval"), LYFT_VAL, LYFT_TRAIN, keyframes_per_scene=3,
+        seed=1, azimuth_steps=90,
+    )  # fmt: skip
 
 
 def _gt_results(dataset_name, name_of=None):

@@ -137,8 +137,9 @@ class GlobalFrameEvaluator(DatasetEvaluator):
     def convert(
         self, sample_token: str, instances, lidar2global: np.ndarray, ego2global: np.ndarray
     ):
-        """Devkit box dicts (global frame) of one sample's ``Instances``."""
-        raise NotImplementedError
+        """Devkit box dicts (global frame) of one sample's ``Instances`` (each dataset's evaluator
+        defines its devkit's box format)."""
+        raise NotImplementedError(f"{type(self).__name__} must define convert()")
 
     def process(self, inputs, outputs):
         for inp, out in zip(inputs, outputs):

@@ -9,10 +9,7 @@ import torch
 from detectron2.data import DatasetCatalog
 from detectron2.structures import Instances
 
-from d2_pillars.data import register_lyft
-from d2_pillars.data.datasets.builder import create_infos
-from d2_pillars.data.datasets.lyft import LYFT_CLASSES, LYFT_SPEC
-from d2_pillars.data.datasets.synthetic import make_synthetic_lyft
+from d2_pillars.data.datasets.lyft import LYFT_CLASSES
 from d2_pillars.evaluation import (
     LyftEvaluator,
     ResultsFileError,
@@ -26,22 +23,11 @@ VAL, TRAIN = "_test_eval_lyft_val", "_test_eval_lyft_train"
 
 
 @pytest.fixture(scope="module")
-def lyft(tmp_path_factory):
-    root = make_synthetic_lyft(
-        str(tmp_path_factory.mktemp("lyft")),
-        num_scenes=2,
-        keyframes_per_scene=4,
-        seed=0,
-        num_beams=8,
+def lyft(tmp_path_factory, register_small_synthetic):
+    return register_small_synthetic(
+        "lyft", tmp_path_factory.mktemp("lyft"), VAL, TRAIN, keyframes_per_scene=4,
         azimuth_steps=256,
-    )
-    paths = create_infos(
-        LYFT_SPEC, root, "v1.01-train", max_sweeps=0, scene_split="last20", progress=False
-    )
-    for name, split in ((VAL, "val"), (TRAIN, "train")):
-        if name not in DatasetCatalog.list():
-            register_lyft(name, paths[split], root, scene_split="last20")
-    return root
+    )  # fmt: skip
 
 
 def predictions(dataset_name, noise=0.0, only_first=False, seed=0):

@@ -13,10 +13,7 @@ from pyquaternion import Quaternion
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.structures import Instances
 
-from d2_pillars.data import register_nuscenes
-from d2_pillars.data.datasets.builder import create_infos
-from d2_pillars.data.datasets.nuscenes import NUSCENES_CLASSES, NUSCENES_SPEC
-from d2_pillars.data.datasets.synthetic import make_synthetic_nuscenes
+from d2_pillars.data.datasets.nuscenes import NUSCENES_CLASSES
 from d2_pillars.evaluation import (
     NuScenesEvaluator,
     ResultsFileError,
@@ -33,20 +30,11 @@ RANGES.update(
 
 
 @pytest.fixture(scope="module")
-def nusc(tmp_path_factory):
-    root = make_synthetic_nuscenes(
-        str(tmp_path_factory.mktemp("nusc")),
-        num_scenes=2,
-        keyframes_per_scene=4,
-        seed=0,
-        num_beams=8,
+def nusc(tmp_path_factory, register_small_synthetic):
+    return register_small_synthetic(
+        "nuscenes", tmp_path_factory.mktemp("nusc"), VAL, TRAIN, keyframes_per_scene=4,
         azimuth_steps=256,
-    )
-    paths = create_infos(NUSCENES_SPEC, root, "v1.0-mini", max_sweeps=0, progress=False)
-    for name, split in ((VAL, "mini_val"), (TRAIN, "mini_train")):
-        if name not in DatasetCatalog.list():
-            register_nuscenes(name, paths[split], root)
-    return root
+    )  # fmt: skip
 
 
 def _instances(boxes, scores, labels):
