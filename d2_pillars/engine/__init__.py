@@ -1,11 +1,14 @@
 """Training / evaluation entry points (what tools/train_net.py calls)."""
 
+from .amp import AutocastTrainer, build_step_trainer
 from .defaults import argument_parser, load_config, main, setup
 from .launch import launch
 from .predictor import PillarsPredictor
 from .trainer import PillarsTrainer, build_pillars_evaluator, build_pillars_model
 
 __all__ = [
+    "AutocastTrainer",
+    "build_step_trainer",
     "argument_parser",
     "load_config",
     "main",

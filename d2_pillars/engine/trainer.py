@@ -2,13 +2,12 @@
 
 import logging
 import os
-import time
 import weakref
 import torch
 from torch.nn.parallel import DistributedDataParallel
 
 from detectron2.data import MetadataCatalog
-from detectron2.engine import AMPTrainer, DefaultTrainer, SimpleTrainer, TrainerBase, hooks
+from detectron2.engine import DefaultTrainer, TrainerBase, hooks
 from detectron2.modeling import build_model
 from detectron2.solver.build import get_default_optimizer_params, maybe_add_gradient_clipping
 from detectron2.utils import comm
@@ -17,6 +16,7 @@ from detectron2.utils.logger import setup_logger
 from ..checkpoint import PillarsCheckpointer
 from ..data import build_pillars_test_loader, build_pillars_train_loader
 from ..evaluation import LyftEvaluator, NuScenesEvaluator
+from .amp import build_step_trainer
 from .sync_bn import convert_to_naive_sync_bn
 
 __all__ = ["PillarsTrainer", "build_pillars_evaluator", "build_pillars_model", "wrap_ddp"]
@@ -97,39 +97,6 @@ def add_gradient_clipping(cfg, optimizer_cls):
 
     FullModelGradientClipping.__name__ = optimizer_cls.__name__ + "WithFullModelGradientClip"
     return FullModelGradientClipping
-
-
-class CPUAutocastTrainer(SimpleTrainer):
-    """``SimpleTrainer`` whose forward pass runs under CPU bfloat16 autocast.
-
-    bfloat16 keeps float32's exponent range, so no loss scaling is needed; on CPUs with native
-    bf16 instructions (AVX512-BF16, AMX) convolutions run about twice as fast. Losses are
-    computed in float32 (autocast keeps reductions and losses in float32).
-    """
-
-    def run_step(self):
-        assert self.model.training, "[CPUAutocastTrainer] model was changed to eval mode!"
-        start = time.perf_counter()
-        data = next(self._data_loader_iter)
-        data_time = time.perf_counter() - start
-        with torch.autocast("cpu", dtype=torch.bfloat16):
-            loss_dict = self.model(data)
-        loss_dict = {k: v.float() for k, v in loss_dict.items()}
-        losses = sum(loss_dict.values())
-        self.optimizer.zero_grad()
-        losses.backward()
-        self._write_metrics(loss_dict, data_time)
-        self.optimizer.step()
-
-
-def build_step_trainer(cfg, model, data_loader, optimizer):
-    """SimpleTrainer, or with ``SOLVER.AMP.ENABLED`` AMPTrainer (CUDA: float16 with dynamic loss
-    scaling, which skips steps with inf/NaN gradients) / CPUAutocastTrainer (CPU: bfloat16)."""
-    if not cfg.SOLVER.AMP.ENABLED:
-        return SimpleTrainer(model, data_loader, optimizer)
-    if next(model.parameters()).is_cuda:
-        return AMPTrainer(model, data_loader, optimizer, grad_scaler=torch.amp.GradScaler("cuda"))
-    return CPUAutocastTrainer(model, data_loader, optimizer)
 
 
 class PillarsTrainer(DefaultTrainer):
