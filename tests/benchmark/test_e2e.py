@@ -74,6 +74,25 @@ def test_e2e_figures_and_last_json_line(root, capsys):
     assert figures["loader_over_train"] == pytest.approx(ratio)
     assert set(figures["targets"].values()) <= {"PASS", "FAIL"} and len(figures["targets"]) == 4
     assert any("PASS" in line or "FAIL" in line for line in out)
+    assert figures["amp"] is True  # the CPU demo config trains with bfloat16 autocast
+
+
+@pytest.mark.parametrize("amp_enabled", [False, True])
+def test_e2e_training_runs_the_trainers_step(root, monkeypatch, amp_enabled):
+    """The timed iterations are PillarsTrainer's own step: autocast exactly when AMP is on."""
+    from d2_pillars.engine import amp
+
+    steps = []
+    run_step = amp.AutocastTrainer.run_step
+    monkeypatch.setattr(
+        amp.AutocastTrainer, "run_step", lambda self: steps.append(self.dtype) or run_step(self)
+    )
+    threads = torch.get_num_threads()
+    figures = e2e.main(_args(root, "SOLVER.AMP.ENABLED", str(amp_enabled)))
+    torch.set_num_threads(threads)
+    assert figures["amp"] is amp_enabled and figures["train_fps"] > 0
+    # CPU: bfloat16; one timed iteration, no warm-up
+    assert steps == ([torch.bfloat16] if amp_enabled else [])
 
 
 def test_module_clock_times_only_the_hooked_modules():
