@@ -88,24 +88,45 @@ class GlobalFrameEvaluator(DatasetEvaluator):
     """Base of the devkit evaluators: ``process`` converts each sample's ``Instances``
     (``pred_boxes3d: LiDARBoxes`` in the keyframe LiDAR frame, ``scores``, ``pred_classes``)
     with the input's ``lidar2ego`` and ``ego2global`` into devkit box dicts in the global frame
-    (subclasses implement :meth:`convert`); ``evaluate`` gathers them on the main rank.
+    (subclasses implement :meth:`convert`); ``evaluate`` gathers them on the main rank and scores
+    them there (subclasses implement :meth:`score`). Beyond those two methods and their own
+    options, a dataset's evaluator differs only in data: the class attribute
+    :attr:`evaluator_type`.
 
     With ``vis_num_samples > 0`` it also keeps each sample's LiDAR-frame predictions scored at
-    least ``vis_score_thresh`` (boxes only), and after scoring the subclass calls
+    least ``vis_score_thresh`` (boxes only), and after scoring ``evaluate`` calls
     :meth:`_save_examples`, which writes BEV images of the ``vis_num_samples`` worst and best
     samples to ``output_dir/vis/`` (:func:`.examples.save_evaluation_examples`).
     """
 
+    #: The ``evaluator_type`` of the splits a subclass scores ("nuscenes", "lyft"): the registered
+    #: metadata must carry it, and the error messages name ``register_<evaluator_type>``.
+    evaluator_type: str = ""
+
     def __init__(
         self,
         dataset_name: str,
-        class_names: Sequence[str],
-        distributed: bool = True,
-        *,
         output_dir: Optional[str] = None,
+        *,
+        distributed: bool = True,
         vis_num_samples: int = 0,
         vis_score_thresh: float = 0.3,
     ):
+        """
+        Args:
+            dataset_name (str): a split registered with
+                ``d2_pillars.data.register_<evaluator_type>``; its ``thing_classes`` name the
+                ``pred_classes``.
+            output_dir (str): where files go; None keeps nothing on disk.
+            distributed (bool): gather predictions from every rank (as COCOEvaluator).
+            vis_num_samples (int): after scoring, save BEV images (points, ground truth,
+                predictions) of this many worst and this many best samples, ranked by a
+                per-sample F1 (centre distance < 2 m, same class), to ``output_dir/vis/``
+                (``TEST.VIS_NUM_SAMPLES``; 0: none). Needs ``output_dir``.
+            vis_score_thresh (float): predictions scored below it are neither drawn nor counted
+                in that F1 (``TEST.VIS_SCORE_THRESH``).
+        """
+        meta = dataset_metadata(dataset_name, self.evaluator_type)
         if int(vis_num_samples) != vis_num_samples or vis_num_samples < 0:
             raise ValueError(
                 f"vis_num_samples (TEST.VIS_NUM_SAMPLES) must be an integer >= 0 (0: no images), "
@@ -116,7 +137,7 @@ class GlobalFrameEvaluator(DatasetEvaluator):
                 f"vis_score_thresh (TEST.VIS_SCORE_THRESH) must be finite, got {vis_score_thresh}"
             )
         self._dataset_name = dataset_name
-        self._class_names = list(class_names)
+        self._class_names = list(meta.thing_classes)
         self._distributed = distributed
         self._output_dir = output_dir
         self._vis_num_samples = int(vis_num_samples)
@@ -141,6 +162,12 @@ class GlobalFrameEvaluator(DatasetEvaluator):
         defines its devkit's box format)."""
         raise NotImplementedError(f"{type(self).__name__} must define convert()")
 
+    def score(self, results: Dict[str, List[dict]], source: str) -> Dict[str, Dict[str, float]]:
+        """Score the gathered ``{sample_token: [devkit box dict, ...]}`` of the whole split (main
+        rank) with the dataset's devkit metric; ``source`` names where the results came from in
+        error messages. Returns ``{evaluator_type: {metric: value}}``."""
+        raise NotImplementedError(f"{type(self).__name__} must define score()")
+
     def process(self, inputs, outputs):
         for inp, out in zip(inputs, outputs):
             token = inp["sample_token"]
@@ -154,6 +181,18 @@ class GlobalFrameEvaluator(DatasetEvaluator):
                 self._vis_predictions.append(
                     (token, lidar_frame_predictions(instances, self._vis_score_thresh))
                 )
+
+    def evaluate(self):
+        """The metrics of :meth:`score` on the main rank (``{}`` on the others), then the example
+        images (with ``vis_num_samples``)."""
+        results = self._gathered_results()
+        if results is None:
+            return {}
+        metrics = self.score(
+            results, source=f"the {len(results)} samples processed by the evaluator"
+        )
+        self._save_examples()
+        return metrics
 
     def _gathered_results(self) -> Optional[Dict[str, List[dict]]]:
         """``{token: boxes}`` over all ranks on the main rank; None on the others.

@@ -179,41 +179,23 @@ class LyftEvaluator(GlobalFrameEvaluator):
     ``vis_num_samples``, BEV images of the worst and best samples in ``vis/``.
     """
 
+    evaluator_type = "lyft"
+
     def __init__(
-        self,
-        dataset_name: str,
-        output_dir: Optional[str] = None,
-        *,
-        distributed: bool = True,
-        method: str = "auto",
-        vis_num_samples: int = 0,
-        vis_score_thresh: float = 0.3,
+        self, dataset_name: str, output_dir: Optional[str] = None, *, method: str = "auto", **kwargs
     ):
         """
         Args:
             dataset_name (str): a split registered with ``d2_pillars.data.register_lyft``.
             output_dir (str): where files go; None keeps nothing on disk.
-            distributed (bool): gather predictions from every rank.
             method (str): "sdk" (the SDK's shapely loops), "fast" (vectorised, equal numbers) or
                 "auto" (the SDK up to 1000 predictions, else fast).
-            vis_num_samples (int): after scoring, save BEV images (points, ground truth,
-                predictions) of this many worst and this many best samples, ranked by a
-                per-sample F1 (centre distance < 2 m, same class), to ``output_dir/vis/``
-                (``TEST.VIS_NUM_SAMPLES``; 0: none). Needs ``output_dir``.
-            vis_score_thresh (float): predictions scored below it are neither drawn nor counted
-                in that F1 (``TEST.VIS_SCORE_THRESH``).
+            kwargs: ``distributed``, ``vis_num_samples``, ``vis_score_thresh`` of
+                :class:`GlobalFrameEvaluator`.
         """
         if method not in ("auto", "sdk", "fast"):
             raise ValueError(f"Lyft mAP method must be 'auto', 'sdk' or 'fast'; got {method!r}")
-        meta = dataset_metadata(dataset_name, "lyft")
-        super().__init__(
-            dataset_name,
-            meta.thing_classes,
-            distributed,
-            output_dir=output_dir,
-            vis_num_samples=vis_num_samples,
-            vis_score_thresh=vis_score_thresh,
-        )
+        super().__init__(dataset_name, output_dir, **kwargs)
         self._method = method
 
     def convert(self, sample_token, instances, lidar2global, ego2global) -> List[dict]:
@@ -237,20 +219,17 @@ class LyftEvaluator(GlobalFrameEvaluator):
             for i in range(len(scores))
         ]
 
-    def evaluate(self):
-        results = self._gathered_results()
-        if results is None:
-            return {}
-        metrics = _score_lyft(
+    def score(self, results, source):
+        """The challenge mAP of ``results``; also writes the results JSON, the Kaggle CSV and the
+        per-threshold table to ``output_dir``."""
+        return _score_lyft(
             results,
             self._dataset_name,
             self._output_dir,
-            source=f"the {len(results)} samples processed by the evaluator",
+            source=source,
             write_files=True,
             method=self._method,
         )
-        self._save_examples()
-        return metrics
 
 
 def evaluate_lyft_results(

@@ -243,42 +243,29 @@ class NuScenesEvaluator(GlobalFrameEvaluator):
     ``vis_num_samples`` BEV images of the worst and best samples in ``vis/``.
     """
 
+    evaluator_type = "nuscenes"
+
     def __init__(
         self,
         dataset_name: str,
         output_dir: Optional[str] = None,
         *,
-        distributed: bool = True,
         plot: bool = False,
         max_boxes_per_sample: int = 500,
-        vis_num_samples: int = 0,
-        vis_score_thresh: float = 0.3,
+        **kwargs,
     ):
         """
         Args:
             dataset_name (str): a split registered with ``d2_pillars.data.register_nuscenes``.
             output_dir (str): where files go; None keeps nothing on disk.
-            distributed (bool): gather predictions from every rank (as COCOEvaluator).
             plot (bool): also render the devkit's PR/TP curves (slow).
             max_boxes_per_sample (int): keep the highest-scored boxes (the devkit allows 500).
-            vis_num_samples (int): after scoring, save BEV images (points, ground truth,
-                predictions) of this many worst and this many best samples, ranked by a
-                per-sample F1 (centre distance < 2 m, same class), to ``output_dir/vis/``
-                (``TEST.VIS_NUM_SAMPLES``; 0: none). Needs ``output_dir``.
-            vis_score_thresh (float): predictions scored below it are neither drawn nor counted
-                in that F1 (``TEST.VIS_SCORE_THRESH``).
+            kwargs: ``distributed``, ``vis_num_samples``, ``vis_score_thresh`` of
+                :class:`GlobalFrameEvaluator`.
         """
         from nuscenes.eval.detection.utils import detection_name_to_rel_attributes
 
-        meta = dataset_metadata(dataset_name, "nuscenes")
-        super().__init__(
-            dataset_name,
-            meta.thing_classes,
-            distributed,
-            output_dir=output_dir,
-            vis_num_samples=vis_num_samples,
-            vis_score_thresh=vis_score_thresh,
-        )
+        super().__init__(dataset_name, output_dir, **kwargs)
         cfg = _eval_config()
         unknown = [c for c in self._class_names if c not in cfg.class_range]
         if unknown:
@@ -339,19 +326,12 @@ class NuScenesEvaluator(GlobalFrameEvaluator):
             for i, k in enumerate(keep.tolist())
         ]
 
-    def evaluate(self):
-        results = self._gathered_results()
-        if results is None:
-            return {}
-        metrics = _score_nuscenes(
-            results,
-            self._dataset_name,
-            self._output_dir,
-            source=f"the {len(results)} samples processed by the evaluator",
-            plot=self._plot,
+    def score(self, results, source):
+        """The devkit's metrics of ``results``; the results JSON and the devkit summary (and,
+        with ``plot``, its curves) go to ``output_dir``."""
+        return _score_nuscenes(
+            results, self._dataset_name, self._output_dir, source=source, plot=self._plot
         )
-        self._save_examples()
-        return metrics
 
 
 def evaluate_nuscenes_results(
