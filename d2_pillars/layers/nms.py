@@ -20,7 +20,12 @@ import functools
 import numpy as np
 import torch
 
-from .rotated_iou import bev_to_d2_rotated, candidate_pairs, iou_of_pairs
+from .rotated_iou import (
+    bev_to_d2_rotated,
+    candidate_pairs,
+    compiled_detectron2_extension,
+    iou_of_pairs,
+)
 
 __all__ = ["nms_rotated_bev", "batched_nms_rotated_bev", "multiclass_nms_rotated_bev"]
 
@@ -28,11 +33,7 @@ __all__ = ["nms_rotated_bev", "batched_nms_rotated_bev", "multiclass_nms_rotated
 @functools.lru_cache(maxsize=None)
 def detectron2_nms_rotated_available():
     """True when detectron2's compiled ``nms_rotated`` op is registered (not the placeholder)."""
-    try:
-        from detectron2 import _C
-    except ImportError:
-        return False
-    if str(getattr(_C, "__file__", "")).endswith(".py"):
+    if compiled_detectron2_extension() is None:  # importing it registers torch.ops.detectron2
         return False
     try:
         torch.ops.detectron2.nms_rotated

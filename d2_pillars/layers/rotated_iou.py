@@ -28,17 +28,26 @@ _PAIR_CHUNK = 1 << 14
 _CIRCLE_BLOCK = 1 << 18
 
 
-@functools.lru_cache(maxsize=None)
-def detectron2_box_iou_rotated_available():
-    """Whether detectron2's compiled ``box_iou_rotated`` exists (not the placeholder ``_C.py``)."""
+def compiled_detectron2_extension():
+    """detectron2's compiled ``_C`` extension module, or None when detectron2 has none (not
+    built, or only the pure-Python placeholder ``_C.py`` of this project's install)."""
     try:
         from detectron2 import _C
     except ImportError:
-        return False
+        return None
     if str(getattr(_C, "__file__", "")).endswith(".py"):
+        return None
+    return _C
+
+
+@functools.lru_cache(maxsize=None)
+def detectron2_box_iou_rotated_available():
+    """Whether detectron2's compiled ``box_iou_rotated`` exists (not the placeholder ``_C.py``)."""
+    extension = compiled_detectron2_extension()
+    if extension is None:
         return False
     try:
-        return hasattr(_C, "box_iou_rotated")
+        return hasattr(extension, "box_iou_rotated")
     except Exception:  # a placeholder module may raise anything from __getattr__
         return False
 
