@@ -8,6 +8,8 @@ from +x).
 """
 from detectron2.config import CfgNode as CN
 
+from .class_names import NUSCENES_CLASSES
+
 __all__ = ["add_pillars_config"]
 
 
@@ -60,19 +62,9 @@ def add_pillars_config(cfg):
     # ---------------------------------------------------------------------------------------- #
     # Datasets
     # ---------------------------------------------------------------------------------------- #
-    # Detection classes in label order; must equal the registered dataset's thing_classes.
-    _C.DATASETS.CLASS_NAMES = [
-        "car",
-        "truck",
-        "trailer",
-        "bus",
-        "construction_vehicle",
-        "bicycle",
-        "motorcycle",
-        "pedestrian",
-        "traffic_cone",
-        "barrier",
-    ]
+    # Detection classes in label order (default: nuScenes'); must equal the registered dataset's
+    # thing_classes.
+    _C.DATASETS.CLASS_NAMES = list(NUSCENES_CLASSES)
 
     # ---------------------------------------------------------------------------------------- #
     # Pillar feature net and scatter

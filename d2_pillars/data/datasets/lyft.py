@@ -12,21 +12,10 @@
 
 import os
 
+from ...class_names import LYFT_CLASSES
 from .builder import DatasetSpec, last_fraction_split
 
 __all__ = ["LYFT_CLASSES", "LYFT_SPEC", "LYFT_SCENE_SPLITS", "LYFT_SPLITS", "lyft_scene_list"]
-
-LYFT_CLASSES = (
-    "car",
-    "truck",
-    "bus",
-    "emergency_vehicle",
-    "other_vehicle",
-    "motorcycle",
-    "bicycle",
-    "pedestrian",
-    "animal",
-)
 
 LYFT_SPLITS = {"v1.01-train": ("train", "val"), "v1.01-test": ("test",)}
 

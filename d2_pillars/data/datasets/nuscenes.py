@@ -9,22 +9,10 @@
   ``create_splits_scenes``), ``v1.0-test`` -> test.
 """
 
+from ...class_names import NUSCENES_CLASSES
 from .builder import DatasetSpec
 
 __all__ = ["NUSCENES_CLASSES", "NUSCENES_CATEGORY_MAP", "NUSCENES_SPEC", "NUSCENES_SPLITS"]
-
-NUSCENES_CLASSES = (
-    "car",
-    "truck",
-    "trailer",
-    "bus",
-    "construction_vehicle",
-    "bicycle",
-    "motorcycle",
-    "pedestrian",
-    "traffic_cone",
-    "barrier",
-)
 
 NUSCENES_CATEGORY_MAP = {
     "movable_object.barrier": "barrier",
