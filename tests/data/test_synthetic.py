@@ -4,6 +4,7 @@ Small datasets (2 scenes x 4 keyframes, few beams) keep this fast; one test gene
 full-size nuScenes frame (10 sweeps) to check the point count.
 """
 
+import dataclasses
 import glob
 import json
 import math
@@ -82,18 +83,48 @@ def _global_points(sdk, sd_token, cloud_cls=LidarPointCloud):
     return pc.points[:3].astype(np.float64)
 
 
-def _box_sdf(points, box):
-    """Signed distance (negative inside) of points (3, N) to a devkit Box, brute force."""
+def _aabb_sdf(local, lo, hi):
+    """Signed distance (negative inside) of points (..., 3) to the axis-aligned box [lo, hi]."""
+    q = np.abs(local - (lo + hi) / 2) - (hi - lo) / 2
+    return np.linalg.norm(np.maximum(q, 0), axis=-1) + np.minimum(q.max(axis=-1), 0)
+
+
+def _shape_sdf(local, l, w, h, front_step=(0.0, 1.0)):
+    """Signed distance (negative inside) of points (..., 3) in the box frame (x along ``l``
+    towards the heading, z up, origin at the centre) to an object's shape, brute force: the box
+    less the part above ``g * h`` of its front ``f * l`` (``front_step = (f, g)``)."""
+    f, g = front_step
+    half = np.array([l, w, h]) / 2
+    if f == 0 or g == 1:
+        return _aabb_sdf(local, -half, half)
+    cabin = _aabb_sdf(local, -half, half - [f * l, 0, 0])
+    hood = _aabb_sdf(local, np.array([half[0] - f * l, -half[1], -half[2]]),
+                     np.array([half[0], half[1], g * h - half[2]]))  # fmt: skip
+    return np.minimum(cabin, hood)
+
+
+def _kind_of(category, wlh):
+    """The object kind an annotation was generated from: of the kinds its category may come from
+    (Lyft's other_vehicle: trailer or construction vehicle), the one closest in size."""
+    kinds = [k for spec in (NUSCENES_FORMAT, LYFT_FORMAT)
+             for k, cats in spec.kind_categories.items() if category in cats]  # fmt: skip
+    return OBJECT_KINDS[
+        min(kinds, key=lambda k: np.abs(np.subtract(OBJECT_KINDS[k].wlh, wlh)).sum())
+    ]
+
+
+def _box_sdf(points, box, front_step=(0.0, 1.0)):
+    """Signed distance (negative inside) of points (3, N) to the shape of a devkit Box (the whole
+    box unless a ``front_step`` is given), brute force."""
     local = box.rotation_matrix.T @ (points - box.center[:, None])
-    half = np.array([box.wlh[1], box.wlh[0], box.wlh[2]])[:, None] / 2
-    q = np.abs(local) - half
-    return np.linalg.norm(np.maximum(q, 0), axis=0) + np.minimum(q.max(axis=0), 0)
+    return _shape_sdf(local.T, box.wlh[1], box.wlh[0], box.wlh[2], front_step)
 
 
 def _surface_fraction(points, box, ground_z, others=(), tol=0.08):
-    """Fraction of the non-ground points within 0.5 m of ``box`` that lie within ``tol`` of it;
-    points on ``others`` (boxes of the neighbours, e.g. a passing cyclist) do not count."""
-    sdf = _box_sdf(points, box)
+    """Fraction of the non-ground points within 0.5 m of ``box`` that lie within ``tol`` of the
+    shape of its object (``box.name`` is the category); points on ``others`` (boxes of the
+    neighbours, e.g. a passing cyclist) do not count."""
+    sdf = _box_sdf(points, box, _kind_of(box.name, box.wlh).front_step)
     shell = (np.abs(sdf) < 0.5) & (points[2] > ground_z + 0.2)
     for other in others:
         if other.token != box.token:
@@ -466,7 +497,17 @@ def test_lyft_tables_match_the_real_schema(lyft_root):
 # ------------------------------------------------------------------------------------------- #
 # Ray casting against brute force
 # ------------------------------------------------------------------------------------------- #
-def test_ray_casting_matches_brute_force_marching():
+def _to_box_frame(points, center, yaw):
+    """Points (..., 3) in the frame of a yaw-only box (x along ``l``, towards its heading)."""
+    rel = points - center
+    c, s = math.cos(yaw), math.sin(yaw)
+    return np.stack([c * rel[..., 0] + s * rel[..., 1], -s * rel[..., 0] + c * rel[..., 1],
+                     rel[..., 2]], -1)  # fmt: skip
+
+
+@pytest.mark.parametrize("stepped", [False, True])
+def test_ray_casting_matches_brute_force_marching(stepped):
+    """Plain boxes, or boxes with front steps of every sort (none, (0, 1), long, low, high)."""
     rng = np.random.default_rng(0)
     spec = LidarSpec(num_beams=8, elevation_deg=(-25.0, 10.0), azimuth_steps=64, max_range=22.0)
     k, ground = 12, -0.3
@@ -476,35 +517,128 @@ def test_ray_casting_matches_brute_force_marching():
     yaw = rng.uniform(-math.pi, math.pi, k)
     rot = quaternion_to_matrix(quaternion_from_ypr(0.7, 0.03, -0.02))
     origin = np.array([0.2, -0.1, 1.8])
-    res = LidarSimulator(spec).scan(0.1, rot, origin, centers, wlh, yaw, ground_z=ground)
+    steps = np.tile([[0.0, 1.0], [0.25, 0.55], [0.0, 0.5], [0.6, 0.2], [0.3, 1.0], [0.4, 0.8]],
+                    (2, 1)) if stepped else np.tile([0.0, 1.0], (k, 1))  # fmt: skip
+    res = LidarSimulator(spec).scan(
+        0.1, rot, origin, centers, wlh, yaw, ground_z=ground, front_step=steps if stepped else None
+    )
     dirs = res.directions.astype(np.float64) @ rot.T
+    lwh = wlh[:, [1, 0, 2]]
 
-    def local(points, i):  # points (..., 3) in box i's frame (x along l)
-        rel = points - centers[i]
-        c, s = math.cos(yaw[i]), math.sin(yaw[i])
-        return np.stack([c * rel[..., 0] + s * rel[..., 1], -s * rel[..., 0] + c * rel[..., 1],
-                         rel[..., 2]], -1)  # fmt: skip
+    def sdf(points, i):  # signed distance to the shape of box i
+        return _shape_sdf(_to_box_frame(points, centers[i], yaw[i]), *lwh[i], steps[i])
 
-    half = wlh[:, [1, 0, 2]] / 2
     step = 0.02
     t = np.arange(step, spec.max_range, step)
     samples = origin + t[None, :, None] * dirs[:, None, :]  # (R, T, 3)
     blocked = samples[..., 2] <= ground
     for i in range(k):  # a handful of boxes: brute force
-        blocked |= np.all(np.abs(local(samples, i)) <= half[i], axis=-1)
+        blocked |= sdf(samples, i) <= 0
     first = np.where(blocked.any(1), t[blocked.argmax(1)], np.inf)
     # Nothing that marching finds is missed, and no hit comes before the first blocked sample.
     assert np.all(res.range <= first + 1e-3)
     hit = np.isfinite(res.range)
     assert np.all(res.range[hit] > first[hit] - step - 1e-3)
-    # Hit points lie on the surface of the box reported (or on the ground).
+    # Hit points lie on the surface of the shape reported (or on the ground), never outside its
+    # box; where a pair is entered, it is entered on the surface of that box's shape.
     points = origin + res.range[:, None] * dirs
+    inner = 0
     for i in range(k):
         on = res.hit == i
-        q = np.abs(local(points[on], i)) - half[i]
-        assert np.all(np.abs(q.max(1)) < 1e-3)
+        assert np.all(np.abs(sdf(points[on], i)) < 1e-3)
+        inside = lwh[i] / 2 - np.abs(_to_box_frame(points[on], centers[i], yaw[i]))
+        assert np.all(inside.min(1) > -1e-3)
+        inner += (inside.min(1) > 1e-2).sum()  # on the step, inside the annotated box
+        pair = (res.pair_box == i) & np.isfinite(res.pair_range)
+        entry = origin + res.pair_range[pair, None] * dirs[res.pair_ray[pair]]
+        assert np.all(np.abs(sdf(entry, i)) < 1e-3)
+    assert (inner > 10) if stepped else inner == 0
     assert np.all(np.abs(points[res.hit == -1, 2] - ground) < 1e-3)
     assert (res.hit >= 0).sum() > 20 and (res.hit == -1).sum() > 20 and (res.hit == -2).sum() > 20
+
+
+def _scan_one_box(sensor_xyz, aim_xyz, center, wlh, yaw, front_step):
+    """Range and hit of a single horizontal ray from ``sensor_xyz`` towards ``aim_xyz`` (same
+    height) against one box standing on the ground at z = 0."""
+    spec = LidarSpec(num_beams=1, elevation_deg=(0.0, 0.0), azimuth_steps=8, max_range=50.0)
+    aim = np.subtract(aim_xyz, sensor_xyz)
+    assert aim[2] == 0
+    res = LidarSimulator(spec).scan(
+        math.atan2(aim[1], aim[0]), np.eye(3), np.asarray(sensor_xyz, np.float64),
+        np.array([center]), np.array([wlh]), np.array([yaw]), 0.0,
+        front_step=None if front_step is None else np.array([front_step]),
+    )  # fmt: skip
+    return float(res.range[0]), int(res.hit[0])
+
+
+@pytest.mark.parametrize("yaw", [0.0, 0.6, -2.5])
+def test_front_step_makes_the_heading_visible(yaw):
+    """A car (l 4.6, h 1.7, hood: front 25 % up to 55 % of h = 0.935 m) seen head-on and from
+    behind by horizontal rays through its centre line: above the hood the front ray passes over
+    it and meets the windscreen (the cabin's front face, 1.15 m behind the bumper); the rear ray
+    at the same height meets the rear face, and so does any ray of a plain cuboid. The heading is
+    the box frame's +x, the direction of ``yaw`` (quaternion_from_ypr's convention)."""
+    l, w, h = 4.6, 2.0, 1.7
+    center = np.array([3.0, -2.0, h / 2])
+    heading = np.array([math.cos(yaw), math.sin(yaw), 0.0])
+    # The devkit's box of this yaw points its +x (the front) along ``heading``.
+    rot = quaternion_to_matrix(quaternion_from_ypr(yaw))
+    assert np.allclose(rot @ [1.0, 0.0, 0.0], heading)
+    car = OBJECT_KINDS["car"].front_step
+    assert car == (0.25, 0.55)
+
+    def ray(end, z, front_step):  # from 10 m before the front (end=1) or behind the back (-1)
+        sensor = center + end * 10.0 * heading
+        sensor[2] = z
+        target = center.copy()
+        target[2] = z
+        return _scan_one_box(sensor, target, center, (w, l, h), yaw, front_step)
+
+    above_hood, below_hood = 1.3, 0.6
+    assert ray(1, above_hood, car) == pytest.approx((10 - l / 2 + 0.25 * l, 0), abs=1e-4)
+    assert ray(-1, above_hood, car) == pytest.approx((10 - l / 2, 0), abs=1e-4)
+    assert ray(1, below_hood, car) == pytest.approx((10 - l / 2, 0), abs=1e-4)
+    assert ray(-1, below_hood, car) == pytest.approx((10 - l / 2, 0), abs=1e-4)
+    for plain in (None, (0.0, 1.0), OBJECT_KINDS["bus"].front_step):
+        assert ray(1, above_hood, plain) == pytest.approx((10 - l / 2, 0), abs=1e-4)
+        assert ray(-1, above_hood, plain) == pytest.approx((10 - l / 2, 0), abs=1e-4)
+    # A step as high as the box is no step; above the box everything passes.
+    assert ray(1, above_hood, (0.25, 1.0)) == pytest.approx((10 - l / 2, 0), abs=1e-4)
+    assert ray(1, h + 0.1, car) == (math.inf, -2)
+
+
+def test_vehicles_have_a_front_step_and_others_are_plain():
+    stepped = {n for n, k in OBJECT_KINDS.items() if k.front_step != (0.0, 1.0)}
+    assert stepped == {"car", "truck", "construction_vehicle", "emergency_vehicle"}
+    for name in stepped:
+        f, g = OBJECT_KINDS[name].front_step
+        assert 0.15 <= f <= 0.4 and 0.5 <= g <= 0.8, name
+    world = build_world(np.random.default_rng(0), NUSCENES_FORMAT.world, 5.0, (0, 0), 80.0)
+    expect = [OBJECT_KINDS[KIND_NAMES[k]].front_step for k in world.kind]
+    assert np.array_equal(world.front_step, expect) and world.front_step.shape == (len(world), 2)
+    with pytest.raises(ValueError, match="front_step"):
+        dataclasses.replace(OBJECT_KINDS["car"], front_step=(1.0, 0.5))
+
+
+def test_car_points_show_which_end_is_the_front(nusc):
+    """In the written dataset, no point lies in the air above a car's hood (the front quarter of
+    its annotated box, higher than 55 % of its height) while many lie as high over its rear
+    quarter (rear face, roof): the written heading and the simulated shape agree, so the data
+    shows the heading."""
+    front = rear = 0
+    for sample in nusc.sample:
+        points = _global_points(nusc, sample["data"]["LIDAR_TOP"])
+        for token in sample["anns"]:
+            box = nusc.get_box(token)
+            if box.name != "vehicle.car":
+                continue
+            local = box.rotation_matrix.T @ (points - box.center[:, None])
+            l, w, h = box.wlh[1], box.wlh[0], box.wlh[2]
+            near = np.all(np.abs(local) < (np.array([l, w, h]) / 2 + 0.1)[:, None], 0)
+            high = near & (local[2] > 0.55 * h - h / 2 + 0.1)
+            front += int((high & (local[0] > l / 4 + 0.1)).sum())
+            rear += int((high & (local[0] < -l / 4)).sum())
+    assert front == 0 and rear >= 50, (front, rear)
 
 
 # ------------------------------------------------------------------------------------------- #

@@ -50,8 +50,8 @@ logger = logging.getLogger(__name__)
 MARKER_NAME = ".d2_pillars_synthetic.json"
 _INCOMPLETE_NAME = ".d2_pillars_synthetic.incomplete"
 # Bump whenever the output for the same arguments changes (2: every scene starts beside a site
-# holding every class of its format).
-GENERATOR_VERSION = 2
+# holding every class of its format; 3: vehicles have a lower front, so the LiDAR shows heading).
+GENERATOR_VERSION = 3
 
 
 def _parameters(fmt: str, options: GenerationOptions, version: str, lidar) -> dict:

@@ -4,8 +4,10 @@ This module knows nothing about dataset formats (``synthetic_writer`` does). It 
 
 * :class:`LidarSpec` / :class:`LidarSimulator`: a spinning LiDAR whose rays (``num_beams`` evenly
   spaced elevations x ``azimuth_steps`` azimuths) are cast all at once against a horizontal
-  ground plane and oriented boxes (slab method in each box frame); the nearest hit wins and gets a
-  small Gaussian range noise.
+  ground plane and the objects' shapes (slab method in each box frame); the nearest hit wins and
+  gets a small Gaussian range noise. An object's shape is its oriented box, for vehicles less a
+  step at the front (:attr:`ObjectKind.front_step`: a car's hood, a truck's cab), so that their
+  front and back look different; the shape never leaves the box.
 * :class:`World`: one scene: a gently curving road, an ego vehicle driving along it, annotated
   objects of every detection class (moving along lanes and sidewalks, or parked / standing) and
   unannotated background boxes (buildings, poles). Every pose is a closed-form function of time,
@@ -16,8 +18,9 @@ This module knows nothing about dataset formats (``synthetic_writer`` does). It 
 
 Frames: the world frame is the dataset's global frame (metres, z up). Boxes are ``(centre (3,),
 wlh (3,), yaw)`` with the geometric centre, ``wlh = [w, l, h]`` as in nuScenes/Lyft (``l`` along
-the heading) and yaw about +z. Sizes are kept at millimetre resolution so that the boxes written
-to the annotation tables are exactly the boxes the rays were cast against.
+the heading, the box frame's +x) and yaw about +z. Sizes are kept at millimetre resolution so
+that the boxes written to the annotation tables are exactly the boxes that bound the shapes the
+rays were cast against.
 """
 
 import dataclasses
@@ -133,8 +136,8 @@ class ScanResult(NamedTuple):
     ``directions``: (R, 3) float32 unit ray directions in the sensor frame.
     ``pair_ray``, ``pair_box``: (P,) int64 candidate (ray, box) pairs: every ray whose direction
     can meet the box (a superset of the rays that do).
-    ``pair_range``: (P,) float32 distance at which the ray enters the box, ``inf`` if it misses it
-    (occlusion ignored).
+    ``pair_range``: (P,) float32 distance at which the ray enters the object's shape (inside its
+    box), ``inf`` if it misses it (occlusion ignored).
     """
 
     range: np.ndarray
@@ -216,6 +219,7 @@ class LidarSimulator:
         wlh: np.ndarray,
         yaw: np.ndarray,
         ground_z: float,
+        front_step: Optional[np.ndarray] = None,
     ) -> ScanResult:
         """Cast one revolution.
 
@@ -225,6 +229,8 @@ class LidarSimulator:
             sensor_origin: (3,) sensor position in the world.
             centers, wlh, yaw: (K, 3), (K, 3), (K,) boxes in the world frame (see module doc).
             ground_z: height of the horizontal ground plane in the world frame.
+            front_step: (K, 2) ``(length_fraction, height_fraction)`` of each box's lower front
+                (:attr:`ObjectKind.front_step`); ``None``: every box is a plain cuboid.
         """
         spec = self.spec
         dirs = self.directions(azimuth_offset)
@@ -249,31 +255,72 @@ class LidarSimulator:
             rel = sensor_origin - centers  # (K, 3) origin relative to each box, world axes
             o_box = np.stack(
                 [c * rel[:, 0] + s * rel[:, 1], -s * rel[:, 0] + c * rel[:, 1], rel[:, 2]], 1
-            )
-            # Box-frame half extents: x along l, y along w, z along h.
-            half = 0.5 * wlh[:, [1, 0, 2]]
-            o_box, half = o_box.astype(np.float32), half.astype(np.float32)
+            ).astype(np.float32)
             cb, sb = c.astype(np.float32)[pair_box], s.astype(np.float32)[pair_box]
             d = dirs_w[pair_ray]
             d_box = (cb * d[:, 0] + sb * d[:, 1], -sb * d[:, 0] + cb * d[:, 1], d[:, 2])
-            t_near = np.full(pair_ray.shape, -np.inf, np.float32)
-            t_far = np.full(pair_ray.shape, np.inf, np.float32)
-            with np.errstate(divide="ignore", invalid="ignore"):
-                for axis in range(3):
-                    inv = np.float32(1.0) / d_box[axis]
-                    o = o_box[pair_box, axis]
-                    h = half[pair_box, axis]
-                    t1 = (-h - o) * inv
-                    t2 = (h - o) * inv
-                    np.maximum(t_near, np.minimum(t1, t2), out=t_near)
-                    np.minimum(t_far, np.maximum(t1, t2), out=t_far)
-            ok = (t_near <= t_far) & (t_near > 0) & (t_near <= spec.max_range)
-            pair_t[ok] = t_near[ok]
-            hr, hb, ht = pair_ray[ok], pair_box[ok], t_near[ok]
+            o_pair = tuple(o_box[pair_box, axis] for axis in range(3))
+            cabin, hood = _shape_parts(wlh, front_step)
+            t = _slab_entry(o_pair, d_box, *(a[pair_box] for a in cabin))
+            if hood is not None:
+                stepped = np.flatnonzero(hood[2][pair_box])
+                if stepped.size:
+                    b = pair_box[stepped]
+                    t_hood = _slab_entry(
+                        tuple(v[stepped] for v in o_pair),
+                        tuple(v[stepped] for v in d_box),
+                        hood[0][b],
+                        hood[1][b],
+                    )
+                    t[stepped] = np.minimum(t[stepped], t_hood)
+            ok = t <= spec.max_range
+            pair_t[ok] = t[ok]
+            hr, hb, ht = pair_ray[ok], pair_box[ok], t[ok]
             np.minimum.at(best, hr, ht)
             win = ht == best[hr]
             hit[hr[win]] = hb[win]
         return ScanResult(best, hit, dirs.astype(np.float32), pair_ray, pair_box, pair_t)
+
+
+def _shape_parts(wlh, front_step):
+    """The shape of each box as the union of two axis-aligned boxes in its frame (x along ``l``,
+    towards the heading; y along ``w``; z up; origin at the centre), float32.
+
+    Returns ``cabin = (lo (K, 3), hi (K, 3))``, the box less its front ``f * l``, and ``hood =
+    (lo, hi, present (K,) bool)``, that front up to ``g * h`` above the bottom, for ``front_step
+    = (f, g)``; ``hood`` is ``None`` when no box has one (then the cabin is the whole box).
+    """
+    half = 0.5 * np.asarray(wlh, np.float64)[:, [1, 0, 2]]
+    lo, hi = -half, half.copy()
+    if front_step is None:
+        return (lo.astype(np.float32), hi.astype(np.float32)), None
+    front_step = np.asarray(front_step, np.float64).reshape(-1, 2)
+    present = (front_step[:, 0] > 0) & (front_step[:, 1] < 1)
+    if not present.any():
+        return (lo.astype(np.float32), hi.astype(np.float32)), None
+    step_x = np.where(present, half[:, 0] - 2 * half[:, 0] * front_step[:, 0], half[:, 0])
+    hood_lo, hood_hi = lo.copy(), hi.copy()
+    hood_lo[:, 0] = step_x
+    hood_hi[:, 2] = -half[:, 2] + 2 * half[:, 2] * front_step[:, 1]
+    hi[:, 0] = step_x
+    f32 = lambda a: a.astype(np.float32)  # noqa: E731
+    return (f32(lo), f32(hi)), (f32(hood_lo), f32(hood_hi), present)
+
+
+def _slab_entry(origin, direction, lo, hi):
+    """Distance at which rays ``origin + t * direction`` (per ray, three (P,) float32 arrays each,
+    in the box frame) enter the axis-aligned boxes ``[lo, hi]`` ((P, 3) float32), by the slab
+    method; ``inf`` where a ray misses its box or starts inside or beyond it."""
+    t_near = np.full(lo.shape[:1], -np.inf, np.float32)
+    t_far = np.full(lo.shape[:1], np.inf, np.float32)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        for axis in range(3):
+            inv = np.float32(1.0) / direction[axis]
+            t1 = (lo[:, axis] - origin[axis]) * inv
+            t2 = (hi[:, axis] - origin[axis]) * inv
+            np.maximum(t_near, np.minimum(t1, t2), out=t_near)
+            np.minimum(t_far, np.maximum(t1, t2), out=t_far)
+    return np.where((t_near <= t_far) & (t_near > 0), t_near, np.float32(np.inf))
 
 
 def box_corners(centers, wlh, yaw) -> np.ndarray:
@@ -313,25 +360,46 @@ def count_points_in_boxes(
 # ------------------------------------------------------------------------------------------- #
 @dataclasses.dataclass(frozen=True)
 class ObjectKind:
-    """A kind of object: mean size ``[w, l, h]`` (m, ``l`` along the heading), its spread, and the
-    mean LiDAR intensity of its returns (0-255). Background kinds are not annotated."""
+    """A kind of object: mean size ``[w, l, h]`` (m, ``l`` along the heading), its spread, the
+    mean LiDAR intensity of its returns (0-255) and its shape. Background kinds are not annotated.
+
+    ``front_step = (f, g)``: the front ``f * l`` of the box (the end its heading points to) rises
+    only to ``g * h`` above the bottom, like a car's hood or a truck's cab in front of its higher
+    cargo box, so that the LiDAR sees which end is the front; ``(0, 1)``: a plain cuboid. Either
+    way the annotated box is the whole cuboid, which bounds the shape.
+    """
 
     name: str
     wlh: Tuple[float, float, float]
     wlh_std: Tuple[float, float, float]
     reflectivity: float
     annotated: bool = True
+    front_step: Tuple[float, float] = (0.0, 1.0)
+
+    def __post_init__(self):
+        f, g = self.front_step
+        if not (0.0 <= f < 1.0 and 0.0 < g <= 1.0):
+            raise ValueError(f"ObjectKind.front_step needs 0 <= f < 1 and 0 < g <= 1, got {self}")
 
 
 # Sizes: close to the nuScenes class means (barrier: long side is w, as annotated in nuScenes).
+# Front steps: a car's hood (about 1.15 m long, 0.95 m high), a truck's or construction
+# vehicle's cab (lower than the cargo box / the machinery behind it), a van-like emergency
+# vehicle's short hood; buses, trailers, two-wheelers, people and things are plain cuboids.
 OBJECT_KINDS: Dict[str, ObjectKind] = {
     k.name: k
     for k in (
-        ObjectKind("car", (1.95, 4.62, 1.73), (0.10, 0.30, 0.15), 30.0),
-        ObjectKind("truck", (2.51, 6.93, 2.84), (0.15, 1.00, 0.35), 35.0),
+        ObjectKind("car", (1.95, 4.62, 1.73), (0.10, 0.30, 0.15), 30.0, front_step=(0.25, 0.55)),
+        ObjectKind("truck", (2.51, 6.93, 2.84), (0.15, 1.00, 0.35), 35.0, front_step=(0.3, 0.75)),
         ObjectKind("bus", (2.94, 10.50, 3.47), (0.08, 1.00, 0.15), 40.0),
         ObjectKind("trailer", (2.90, 12.29, 3.87), (0.08, 1.50, 0.25), 35.0),
-        ObjectKind("construction_vehicle", (2.73, 6.37, 3.19), (0.15, 0.80, 0.30), 45.0),
+        ObjectKind(
+            "construction_vehicle",
+            (2.73, 6.37, 3.19),
+            (0.15, 0.80, 0.30),
+            45.0,
+            front_step=(0.35, 0.6),
+        ),
         ObjectKind("pedestrian", (0.67, 0.73, 1.77), (0.07, 0.08, 0.10), 12.0),
         ObjectKind("motorcycle", (0.77, 2.11, 1.47), (0.06, 0.12, 0.08), 25.0),
         ObjectKind("bicycle", (0.60, 1.70, 1.28), (0.05, 0.10, 0.07), 20.0),
@@ -339,7 +407,9 @@ OBJECT_KINDS: Dict[str, ObjectKind] = {
         ObjectKind("barrier", (2.49, 0.48, 0.98), (0.15, 0.05, 0.05), 60.0),
         ObjectKind("animal", (0.36, 0.80, 0.65), (0.05, 0.12, 0.10), 10.0),
         ObjectKind("pushable_pullable", (0.62, 0.80, 1.05), (0.08, 0.10, 0.10), 25.0),
-        ObjectKind("emergency_vehicle", (2.05, 5.00, 1.95), (0.08, 0.25, 0.10), 50.0),
+        ObjectKind(
+            "emergency_vehicle", (2.05, 5.00, 1.95), (0.08, 0.25, 0.10), 50.0, front_step=(0.2, 0.6)
+        ),
         ObjectKind("building", (10.0, 15.0, 10.0), (0.0, 0.0, 0.0), 15.0, annotated=False),
         ObjectKind("pole", (0.35, 0.35, 6.0), (0.05, 0.05, 1.0), 40.0, annotated=False),
     )
@@ -347,6 +417,7 @@ OBJECT_KINDS: Dict[str, ObjectKind] = {
 KIND_NAMES: Tuple[str, ...] = tuple(OBJECT_KINDS)
 _KIND_INDEX = {n: i for i, n in enumerate(KIND_NAMES)}
 _REFLECTIVITY = np.array([OBJECT_KINDS[n].reflectivity for n in KIND_NAMES], np.float32)
+_FRONT_STEP = np.array([OBJECT_KINDS[n].front_step for n in KIND_NAMES], np.float64)
 GROUND_REFLECTIVITY = 8.0
 
 # Object states (decide the attributes written by the dataset writers).
@@ -455,7 +526,8 @@ class World:
     ``s0[i] + direction[i] * speed[i] * t``, offset ``lateral[i]`` to the left of the centreline,
     with heading ``road_heading + yaw_offset[i]``. Per-object arrays (N,): ``kind`` (index into
     :data:`KIND_NAMES`), ``wlh`` (N, 3), ``s0``, ``lateral``, ``direction`` (+-1), ``speed``
-    (m/s), ``yaw_offset``, ``state`` (MOVING, ...), ``annotated``.
+    (m/s), ``yaw_offset``, ``state`` (MOVING, ...), ``annotated``, ``front_step`` (N, 2) (the
+    kind's :attr:`ObjectKind.front_step`, for :meth:`LidarSimulator.scan`).
     """
 
     def __init__(
@@ -492,6 +564,7 @@ class World:
         self.kind = self.kind.astype(np.int64)
         self.state = self.state.astype(np.int64)
         self.annotated = np.array([OBJECT_KINDS[KIND_NAMES[k]].annotated for k in self.kind], bool)
+        self.front_step = _FRONT_STEP[self.kind]
 
     def __len__(self):
         return len(self.kind)

@@ -561,7 +561,7 @@ def _simulate_sweep(spec, lidar, sim, world, rng, t, sensor_rotation, sensor_ori
     dazi = 2.0 * math.pi / lidar.azimuth_steps
     res = sim.scan(
         -math.pi + rng.uniform(0, dazi), sensor_rotation, sensor_origin, centers, wlh, yaw,
-        world.ground_z,
+        world.ground_z, front_step=world.front_step[near],
     )  # fmt: skip
     noise = np.float32(lidar.range_noise_std) * rng.standard_normal(res.range.shape, np.float32)
     dist = res.range + noise
