@@ -12,9 +12,7 @@ import torchvision
 from fvcore.common.param_scheduler import MultiStepParamScheduler
 from torch import nn
 
-from detectron2.config import get_cfg
 from detectron2.engine import SimpleTrainer, hooks
-from detectron2.modeling import build_model
 from detectron2.solver import LRMultiplier, WarmupParamScheduler
 
 from d2_pillars.checkpoint import (
@@ -24,7 +22,6 @@ from d2_pillars.checkpoint import (
     RegNetCheckpointError,
 )
 from d2_pillars.checkpoint import checkpointer as checkpointer_module
-from d2_pillars.config import add_pillars_config
 from d2_pillars.modeling.backbone import REGNETX_PRESETS
 from d2_pillars.structures import BOX_CONVENTION_VERSION
 
@@ -210,28 +207,6 @@ def test_pyth_that_is_not_a_regnet(tmp_path):
 # ------------------------------------------------------------------------------------------------ #
 # MODEL.WEIGHTS pointing at ImageNet RegNet files
 # ------------------------------------------------------------------------------------------------ #
-def _pointpillars(arch, backbone_name="build_regnet_fpn_backbone"):
-    cfg = get_cfg()
-    add_pillars_config(cfg)
-    p = REGNETX_PRESETS[arch]
-    r = cfg.MODEL.REGNET
-    r.DEPTH, r.W0, r.WA, r.WM, r.GROUP_WIDTH = (
-        p["depth"],
-        p["w0"],
-        p["wa"],
-        p["wm"],
-        p["group_width"],
-    )
-    cfg.MODEL.META_ARCHITECTURE = "PointPillars"
-    cfg.MODEL.BACKBONE.NAME = backbone_name
-    if backbone_name == "build_regnet_secfpn_backbone":
-        cfg.MODEL.SECFPN.IN_FEATURES = ["s2", "s3", "s4"]
-        cfg.MODEL.ANCHOR3D_HEAD.IN_FEATURES = ["secfpn"]
-        cfg.MODEL.ANCHOR3D_HEAD.LEVEL_SCALES = [1.0]
-    cfg.MODEL.DEVICE = "cpu"
-    return build_model(cfg)
-
-
 def _pycls_400mf_state(seed=3):
     from pycls.core.config import cfg, reset_cfg
     from pycls.models.regnet import RegNet
@@ -249,7 +224,7 @@ def _pycls_400mf_state(seed=3):
 
 
 @pytest.mark.parametrize("fmt", ["pycls", "torchvision"])
-def test_weights_file_converted_on_load(tmp_path, fmt):
+def test_weights_file_converted_on_load(tmp_path, fmt, regnet_pointpillars):
     if fmt == "pycls":
         arch, source = "400MF", _pycls_400mf_state()
         path = str(tmp_path / "RegNetX-400MF_dds_8gpu.pyth")
@@ -270,7 +245,7 @@ def test_weights_file_converted_on_load(tmp_path, fmt):
             "s4.b2.f.c.weight": sd["trunk_output.block4.block4-1.f.c.0.weight"],
             "s1.b1.f.a_bn.weight": sd["trunk_output.block1.block1-0.f.a.1.weight"],
         }
-    model = _pointpillars(arch)
+    _, model = regnet_pointpillars(arch)
     prefix = "backbone.bottom_up."
     before = {k: v.clone() for k, v in model.state_dict().items()}
     logger = logging.getLogger(checkpointer_module.__name__)
@@ -298,10 +273,10 @@ def test_weights_file_converted_on_load(tmp_path, fmt):
     assert changed and all(k.startswith(prefix) for k in changed)  # neck and head untouched
 
 
-def test_mismatched_weights_file_names_the_stage(tmp_path):
+def test_mismatched_weights_file_names_the_stage(tmp_path, regnet_pointpillars):
     path = str(tmp_path / "RegNetX-400MF_dds_8gpu.pyth")
     torch.save({"model_state": _pycls_400mf_state()}, path)
-    model = _pointpillars("1.6GF")
+    _, model = regnet_pointpillars("1.6GF")
     with pytest.raises(RegNetCheckpointError) as e:
         PillarsCheckpointer(model).load(path)
     assert path in str(e.value)
@@ -316,15 +291,15 @@ def test_regnet_file_into_a_model_without_regnet(tmp_path):
     assert path in str(e.value) and "no RegNet backbone" in str(e.value)
 
 
-def test_converted_file_loads_through_pillars_checkpointer(tmp_path):
+def test_converted_file_loads_through_pillars_checkpointer(tmp_path, regnet_pointpillars):
     from d2_pillars.checkpoint.regnet_converter import convert_to_model, save_converted_checkpoint
 
-    model = _pointpillars("400MF", "build_regnet_secfpn_backbone")
+    _, model = regnet_pointpillars("400MF", "build_regnet_secfpn_backbone")
     source = _pycls_400mf_state()
     state, report = convert_to_model(source, model.state_dict())
     path = str(tmp_path / "regnetx_400mf_bev.pth")
     save_converted_checkpoint(path, state, report)
-    fresh = _pointpillars("400MF", "build_regnet_secfpn_backbone")
+    _, fresh = regnet_pointpillars("400MF", "build_regnet_secfpn_backbone")
     PillarsCheckpointer(fresh).load(path)
     loaded = fresh.state_dict()
     np.testing.assert_array_equal(

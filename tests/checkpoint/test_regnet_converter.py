@@ -11,7 +11,6 @@ import torch
 import torchvision
 
 from detectron2.checkpoint import DetectionCheckpointer
-from detectron2.config import get_cfg
 from detectron2.layers import ShapeSpec
 
 from d2_pillars.checkpoint.regnet_converter import (
@@ -27,7 +26,6 @@ from d2_pillars.checkpoint.regnet_converter import (
     source_state_dict,
     torchvision_to_pycls_names,
 )
-from d2_pillars.config import add_pillars_config
 from d2_pillars.modeling.backbone import REGNETX_PRESETS, build_regnet_bev_backbone
 from d2_pillars.structures import BOX_CONVENTION_VERSION
 
@@ -100,49 +98,22 @@ def torchvision_stage_outputs(model, image):
     return stem, outs
 
 
-def bev_regnet_cfg(arch, *, stem_width=64, strides=(1, 2, 2, 2), bn_eps=1e-3):
-    cfg = get_cfg()
-    add_pillars_config(cfg)
-    p = REGNETX_PRESETS[arch]
+def bev_regnet(cfg, *, stem_width, strides, bn_eps=1e-3):
+    """The stem-less BEV RegNet of ``cfg``'s preset fed ``stem_width`` channels, with these
+    stage strides and BN eps, returning s1-s4."""
     r = cfg.MODEL.REGNET
-    r.DEPTH, r.W0, r.WA, r.WM, r.GROUP_WIDTH = (
-        p["depth"],
-        p["w0"],
-        p["wa"],
-        p["wm"],
-        p["group_width"],
-    )
     r.STEM_WIDTH = stem_width
     r.STRIDES = list(strides)
     r.OUT_FEATURES = ["s1", "s2", "s3", "s4"]
     cfg.MODEL.BN_EPS = bn_eps
-    cfg.MODEL.PILLAR_FEATURE_NET.FEAT_CHANNELS = [stem_width]
-    cfg.MODEL.DEVICE = "cpu"
-    return cfg
+    return build_regnet_bev_backbone(cfg, ShapeSpec(channels=stem_width, stride=1))
 
 
-def imagenet_like_bev_regnet(arch):
-    """The project's BEV RegNet with the ImageNet stem width, strides and BN eps, so that fed the
-    source stem's output it must reproduce the source stages exactly."""
-    cfg = bev_regnet_cfg(arch, stem_width=IMAGENET_STEM_WIDTH, strides=(2, 2, 2, 2), bn_eps=1e-5)
-    model = build_regnet_bev_backbone(cfg, ShapeSpec(channels=IMAGENET_STEM_WIDTH, stride=1))
+def imagenet_like_bev_regnet(cfg):
+    """The project's BEV RegNet (preset of ``cfg``) with the ImageNet stem width, strides and BN
+    eps, so that fed the source stem's output it must reproduce the source stages exactly."""
+    model = bev_regnet(cfg, stem_width=IMAGENET_STEM_WIDTH, strides=(2, 2, 2, 2), bn_eps=1e-5)
     return _randomize(model, seed=123)  # whatever loading does not overwrite stays wrong
-
-
-def pointpillars_model(backbone_name, arch="400MF"):
-    from detectron2.modeling import build_model
-
-    cfg = bev_regnet_cfg(arch)
-    cfg.MODEL.META_ARCHITECTURE = "PointPillars"
-    cfg.MODEL.BACKBONE.NAME = backbone_name
-    if backbone_name == "build_regnet_secfpn_backbone":
-        cfg.MODEL.REGNET.OUT_FEATURES = ["s2", "s3", "s4"]
-        cfg.MODEL.SECFPN.IN_FEATURES = ["s2", "s3", "s4"]
-        cfg.MODEL.ANCHOR3D_HEAD.IN_FEATURES = ["secfpn"]
-        cfg.MODEL.ANCHOR3D_HEAD.LEVEL_SCALES = [1.0]
-    else:
-        cfg.MODEL.REGNET.OUT_FEATURES = ["s2", "s3", "s4"]
-    return cfg, build_model(cfg)
 
 
 @pytest.fixture(scope="module")
@@ -175,9 +146,9 @@ def _load_into(model, path):
     "fmt,arch",
     [("pycls", "400MF"), ("pycls", "1.6GF"), ("torchvision", "1.6GF")],
 )
-def test_stage_outputs_match_source(sources, tmp_path, fmt, arch):
+def test_stage_outputs_match_source(sources, tmp_path, fmt, arch, regnetx_cfg):
     src_model, src_path = sources[(fmt, arch)]
-    bev = imagenet_like_bev_regnet(arch)
+    bev = imagenet_like_bev_regnet(regnetx_cfg(arch))
 
     state, fmt_read = read_source_state_dict(src_path)
     assert fmt_read == fmt
@@ -307,8 +278,10 @@ def test_find_regnet_prefix():
         ("build_regnet_secfpn_backbone", "backbone.bottom_up."),
     ],
 )
-def test_convert_file_for_pointpillars_config(sources, tmp_path, backbone_name, prefix):
-    cfg, model = pointpillars_model(backbone_name)
+def test_convert_file_for_pointpillars_config(
+    sources, tmp_path, backbone_name, prefix, regnet_pointpillars
+):
+    cfg, model = regnet_pointpillars("400MF", backbone_name)
     config_file = str(tmp_path / "config.yaml")
     with open(config_file, "w") as f:
         f.write(cfg.dump())
@@ -352,8 +325,8 @@ def test_convert_file_for_pointpillars_config(sources, tmp_path, backbone_name, 
     assert "s1.b1.f.a.weight" in text and "ImageNet classifier" in text
 
 
-def test_arch_mismatch_names_the_stage(sources):
-    _, model = pointpillars_model("build_regnet_fpn_backbone", arch="400MF")
+def test_arch_mismatch_names_the_stage(sources, regnet_pointpillars):
+    _, model = regnet_pointpillars("400MF")
     state, _ = read_source_state_dict(sources[("pycls", "1.6GF")][1])
     with pytest.raises(RegNetCheckpointError) as e:
         convert_to_model(state, model.state_dict(), src_name="RegNetX-1.6GF_dds_8gpu.pyth")
@@ -365,8 +338,8 @@ def test_arch_mismatch_names_the_stage(sources):
     assert "SRC is RegNetX-1.6GF: MODEL.REGNET.DEPTH 18, W0 80, WA 34.01" in msg
 
 
-def test_torchvision_400mf_does_not_fit_the_pycls_400mf_config(sources):
-    _, model = pointpillars_model("build_regnet_fpn_backbone", arch="400MF")
+def test_torchvision_400mf_does_not_fit_the_pycls_400mf_config(sources, regnet_pointpillars):
+    _, model = regnet_pointpillars("400MF")
     state, _ = read_source_state_dict(sources[("torchvision", "400MF")][1])
     with pytest.raises(RegNetCheckpointError) as e:
         convert_to_model(state, model.state_dict())
@@ -375,11 +348,10 @@ def test_torchvision_400mf_does_not_fit_the_pycls_400mf_config(sources):
     assert "stage s3" not in str(e.value)  # only the real difference is named
 
 
-def test_first_block_without_projection_drops_it(sources):
+def test_first_block_without_projection_drops_it(sources, regnetx_cfg):
     """1.6GF with input width 72 = s1 width and stride 1: the model's s1.b1 has no shortcut
     projection, so the source's is dropped with a reason instead of becoming unexpected."""
-    cfg = bev_regnet_cfg("1.6GF", stem_width=72, strides=(1, 2, 2, 2))
-    model = build_regnet_bev_backbone(cfg, ShapeSpec(channels=72, stride=1))
+    model = bev_regnet(regnetx_cfg("1.6GF"), stem_width=72, strides=(1, 2, 2, 2))
     src = sources[("pycls", "1.6GF")][0].state_dict()
     converted, report = convert_to_model(src, model.state_dict())
     assert "s1.b1.proj.weight" not in model.state_dict()
@@ -462,8 +434,8 @@ def _run_cli(argv):
     return rc, out.getvalue(), err.getvalue()
 
 
-def test_cli(sources, tmp_path):
-    cfg, _ = pointpillars_model("build_regnet_fpn_backbone", arch="400MF")
+def test_cli(sources, tmp_path, regnet_pointpillars):
+    cfg, _ = regnet_pointpillars("400MF")
     config_file = str(tmp_path / "config.yaml")
     with open(config_file, "w") as f:
         f.write(cfg.dump())
