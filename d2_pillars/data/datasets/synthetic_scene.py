@@ -702,6 +702,20 @@ _STRIP_MIDDLE = 0.5 * (7.5 + 0.445 + 11.8 - 0.405)
 _KERB = 8.5  # m: near side of the small objects, more than 0.5 m from passing cyclists
 
 
+def _beside_road(rng, kinds):
+    """Headings of objects standing beside the road, either way round at random: barriers across
+    it (their long side, ``w``, along the road, as in work zones), everything else along it.
+
+    Returns ``(yaw_offset (n,), along, across)``; ``along(wlh)`` and ``across(wlh)`` -> (n,) are
+    the objects' extents along and across the road.
+    """
+    turned = np.isin(kinds, [_KIND_INDEX["barrier"]])
+    yaw_offset = np.where(turned, math.pi / 2, 0.0) + rng.choice([0.0, math.pi], len(kinds))
+    along = lambda w: np.where(turned, w[:, 0], w[:, 1])  # noqa: E731
+    across = lambda w: np.where(turned, w[:, 1], w[:, 0])  # noqa: E731
+    return yaw_offset, along, across
+
+
 def _guaranteed_site(rng, kind_names, max_curvature):
     """Rows of parked / standing objects of ``kind_names`` in the parking strips where the ego
     starts (arc length 0 at t = 0); returns ``(rows, {side: (s_lo, s_hi)})``, the arc lengths the
@@ -725,11 +739,10 @@ def _guaranteed_site(rng, kind_names, max_curvature):
         if not len(k):
             return None
         k = rng.permutation(k)
-        across = k == _KIND_INDEX["barrier"]  # heading across the road, long side along it
-        yaw_off = np.where(across, math.pi / 2, 0.0) + rng.choice([0.0, math.pi], len(k))
+        yaw_off, along, across = _beside_road(rng, k)
         if kerb:
             yaw_off = yaw_off + rng.normal(0, 0.02, len(k))
-            lateral = lambda w: _KERB + 0.5 * np.where(across, w[:, 1], w[:, 0])  # noqa: E731
+            lateral = lambda w: _KERB + 0.5 * across(w)  # noqa: E731
         else:
             lateral = lambda w: np.full(len(w), _STRIP_MIDDLE)  # noqa: E731
         state = np.array([_RESTING_STATE.get(KIND_NAMES[i], PARKED) for i in k], np.int64)
@@ -739,7 +752,7 @@ def _guaranteed_site(rng, kind_names, max_curvature):
             np.inf,
             k,
             (0.6, 1.5),
-            lambda w: np.where(across, w[:, 0], w[:, 1]),
+            along,
             lateral,
             yaw_offset=yaw_off,
             state=state,
@@ -809,7 +822,31 @@ def build_world(
         if r is not None:
             rows.add(**r)
 
+    def row(s_lo, s_hi, kinds, gap, along, lateral_of, **kw):  # every row: same rng and bends
+        return _row(rng, s_lo, s_hi, kinds, gap, along, lateral_of, max_curvature=kmax, **kw)
+
+    def moving_row(mix, min_pitch, gap, along, lateral, side, direction, speed, state=MOVING):
+        """Objects of ``mix`` moving at ``speed`` along the road in ``direction``, heading where
+        they go, ``lateral`` m from the centreline on ``side``, from wherever they could come
+        into reach during the scene."""
+        lo, hi = win_lo - speed * duration, win_hi + speed * duration
+        kinds = _sample_kinds(rng, mix, _n_for(hi - lo, min_pitch))
+        return row(
+            lo,
+            hi,
+            kinds,
+            gap,
+            along,
+            lambda w: np.full(len(w), lateral),
+            direction=direction,
+            speed=speed,
+            yaw_offset=0.0 if direction > 0 else math.pi,
+            state=state,
+            side=side,
+        )
+
     along_l = lambda w: w[:, 1]  # noqa: E731  heading along the road
+    longest = lambda w: np.maximum(w[:, 1], w[:, 0])  # noqa: E731  walkers, any heading
     # The guaranteed site in the parking strips where the ego starts, from its own random stream
     # (rng.spawn does not advance rng): the rest of the world is what it would be without the
     # site, less the objects that make room for it.
@@ -827,48 +864,17 @@ def build_world(
     for lat, direction in ((-5.25, 1.0), (1.75, -1.0), (5.25, -1.0)):
         stopped = rng.uniform() < 0.2
         speed = 0.0 if stopped else rng.uniform(4.0, 14.0)
-        lo, hi = win_lo - speed * duration, win_hi + speed * duration
         gap = (1.5, 4.0) if stopped else (10.0, 60.0)
-        kinds = _sample_kinds(rng, spec.lane_mix, _n_for(hi - lo, 3.0 + gap[0]))
-        r = _row(
-            rng,
-            lo,
-            hi,
-            kinds,
-            gap,
-            along_l,
-            lambda w, a=abs(lat): np.full(len(w), a),
-            direction=direction,
-            speed=speed,
-            yaw_offset=0.0 if direction > 0 else math.pi,
+        r = moving_row(
+            spec.lane_mix, 3.0 + gap[0], gap, along_l, abs(lat), np.sign(lat), direction, speed,
             state=STOPPED if stopped else MOVING,
-            side=np.sign(lat),
-            max_curvature=kmax,
-        )
+        )  # fmt: skip
         tall = 0.0 if stopped or direction > 0 else _TALL
         add(clear(r, np.sign(lat), min(duration, _SITE_CLEAR_TIME), tall))
     # Cycle lanes.
     for side, direction in ((-1.0, 1.0), (1.0, -1.0)):
         speed = rng.uniform(3.0, 7.0)
-        lo, hi = win_lo - speed * duration, win_hi + speed * duration
-        kinds = _sample_kinds(rng, spec.cycle_mix, _n_for(hi - lo, 12.0))
-        add(
-            _row(
-                rng,
-                lo,
-                hi,
-                kinds,
-                (10.0, 80.0),
-                along_l,
-                lambda w: np.full(len(w), 7.5),
-                direction=direction,
-                speed=speed,
-                yaw_offset=0.0 if direction > 0 else math.pi,
-                state=MOVING,
-                side=side,
-                max_curvature=kmax,
-            )
-        )
+        add(moving_row(spec.cycle_mix, 12.0, (10.0, 80.0), along_l, 7.5, side, direction, speed))
     # Parking strips (8.0 .. 11.0 m): parking segments, work zones and empty stretches (making
     # room for the guaranteed site).
     for side in (-1.0, 1.0):
@@ -880,29 +886,23 @@ def build_world(
                 kinds = _sample_kinds(rng, spec.work_zone_mix, _n_for(seg, 0.5))
                 if kinds.size:
                     wlh = _sample_wlh(rng, kinds)
-                    across = np.isin(kinds, [_KIND_INDEX["barrier"]])  # heading across the road
-                    yaw_off = np.where(across, math.pi / 2, 0.0) + rng.choice(
-                        [0.0, math.pi], len(kinds)
-                    )
-                    r = _row(
-                        rng,
+                    yaw_off, along, across = _beside_road(rng, kinds)
+                    r = row(
                         s,
                         s + seg,
                         kinds,
                         (0.05, 0.6),
-                        lambda w, a=across: np.where(a, w[:, 0], w[:, 1]),
-                        lambda w, a=across: 8.2 + 0.5 * np.where(a, w[:, 1], w[:, 0]),
+                        along,
+                        lambda w, a=across: 8.2 + 0.5 * a(w),
                         yaw_offset=yaw_off,
                         side=side,
-                        max_curvature=kmax,
                         wlh=wlh,
                     )
                     add(clear(r, side))
             elif u < spec.work_zone_prob + 0.5:
                 kinds = _sample_kinds(rng, spec.parking_mix, _n_for(seg, 2.0))
                 yaw_off = rng.choice([0.0, math.pi], len(kinds)) + rng.normal(0, 0.02, len(kinds))
-                r = _row(
-                    rng,
+                r = row(
                     s,
                     s + seg,
                     kinds,
@@ -912,7 +912,6 @@ def build_world(
                     yaw_offset=yaw_off,
                     state=PARKED,
                     side=side,
-                    max_curvature=kmax,
                 )
                 add(clear(r, side))
             s += seg
@@ -921,26 +920,7 @@ def build_world(
         for lat in (11.8, 12.8):
             direction = rng.choice([-1.0, 1.0])
             speed = rng.uniform(0.9, 1.6)
-            lo, hi = win_lo - speed * duration, win_hi + speed * duration
-            kinds = _sample_kinds(rng, spec.walker_mix, _n_for(hi - lo, 6.5))
-            yaw0 = 0.0 if direction > 0 else math.pi
-            add(
-                _row(
-                    rng,
-                    lo,
-                    hi,
-                    kinds,
-                    (6.0, 70.0),
-                    lambda w: np.maximum(w[:, 1], w[:, 0]),
-                    lambda w, a=lat: np.full(len(w), a),
-                    direction=direction,
-                    speed=speed,
-                    yaw_offset=yaw0,
-                    state=MOVING,
-                    side=side,
-                    max_curvature=kmax,
-                )
-            )
+            add(moving_row(spec.walker_mix, 6.5, (6.0, 70.0), longest, lat, side, direction, speed))
         kinds = _sample_kinds(rng, spec.sidewalk_static_mix, _n_for(win_hi - win_lo, 2.5))
         state = np.where(
             kinds == _KIND_INDEX["pedestrian"],
@@ -948,8 +928,7 @@ def build_world(
             np.where(np.isin(kinds, [_KIND_INDEX["bicycle"]]), PARKED, STATIC),
         )
         add(
-            _row(
-                rng,
+            row(
                 win_lo,
                 win_hi,
                 kinds,
@@ -959,21 +938,18 @@ def build_world(
                 yaw_offset=rng.uniform(-math.pi, math.pi, len(kinds)),
                 state=state,
                 side=side,
-                max_curvature=kmax,
             )
         )
         kinds = np.full(_n_for(win_hi - win_lo, 12.0), _KIND_INDEX["pole"])
         add(
-            _row(
-                rng,
+            row(
                 win_lo,
                 win_hi,
                 kinds,
                 (12.0, 35.0),
-                lambda w: w[:, 1],
+                along_l,
                 lambda w: np.full(len(w), 14.75),
                 side=side,
-                max_curvature=kmax,
             )
         )
         # Buildings: near face 15.2 .. 19 m from the centreline.
@@ -985,16 +961,14 @@ def build_world(
         )
         near = rng.uniform(15.2, 19.0, n)
         add(
-            _row(
-                rng,
+            row(
                 win_lo,
                 win_hi,
                 kinds,
                 (0.0, 10.0),
-                lambda w: w[:, 1],
+                along_l,
                 lambda w, nr=near: nr[: len(w)] + 0.5 * w[:, 0],
                 side=side,
-                max_curvature=kmax,
                 wlh=wlh,
             )
         )

@@ -537,6 +537,14 @@ def _rotation_record(q: np.ndarray, integer_zero: bool) -> list:
     return [w, x, y, z]
 
 
+def _links(tokens: List[str], i: int) -> Dict[str, str]:
+    """``prev`` and ``next`` of record ``i`` of a chain of records (``""`` at either end)."""
+    return {
+        "prev": tokens[i - 1] if i > 0 else "",
+        "next": tokens[i + 1] if i + 1 < len(tokens) else "",
+    }
+
+
 def _write_points(path: str, points: np.ndarray) -> None:
     """Write (N, 5) float32 points; a reader never sees a partial file (rename), no fsync."""
     os.makedirs(os.path.dirname(path), exist_ok=True)
@@ -646,8 +654,7 @@ def _instance_records(spec, tok, rng, world, scene_index, t_key, first, last, sa
                     "translation": [float(v) for v in center],
                     "size": [float(v) for v in world.wlh[obj]],
                     "rotation": _rotation_record(q, spec.integer_zero_rotation),
-                    "prev": ann_tokens[j - 1] if j > 0 else "",
-                    "next": ann_tokens[j + 1] if j + 1 < len(ann_tokens) else "",
+                    **_links(ann_tokens, j),
                     "num_lidar_pts": int(num_lidar_pts[k, obj]) if spec.count_lidar_points else -1,
                     "num_radar_pts": 0,
                 }
@@ -738,8 +745,7 @@ def generate_scene(
                 "is_key_frame": bool(is_key[i]),
                 **spec.sample_data_extra,
                 "filename": filename,
-                "prev": sd_tokens[i - 1] if i > 0 else "",
-                "next": sd_tokens[i + 1] if i + 1 < num_sweeps else "",
+                **_links(sd_tokens, i),
             }
         )
 
@@ -747,8 +753,7 @@ def generate_scene(
         {
             "token": sample_tokens[k],
             "timestamp": ts_value(t_ns[i]),
-            "prev": sample_tokens[k - 1] if k > 0 else "",
-            "next": sample_tokens[k + 1] if k + 1 < len(key_sweeps) else "",
+            **_links(sample_tokens, k),
             "scene_token": scene_token,
         }
         for k, i in enumerate(key_sweeps)
