@@ -5,45 +5,28 @@ import numpy as np
 import os
 import cv2
 import pytest
-import torch
 
 from detectron2.data import DatasetCatalog, MetadataCatalog
-from detectron2.structures import Instances
 
-from d2_pillars.data import register_lyft, register_nuscenes
-from d2_pillars.data.datasets.builder import create_infos
-from d2_pillars.data.datasets.lyft import LYFT_SPEC
-from d2_pillars.data.datasets.nuscenes import NUSCENES_SPEC
-from d2_pillars.data.datasets.synthetic import make_synthetic_lyft, make_synthetic_nuscenes
 from d2_pillars.evaluation import LyftEvaluator, NuScenesEvaluator
 from d2_pillars.evaluation.examples import select_examples
-from d2_pillars.structures import LiDARBoxes
 from d2_pillars.visualization.bev import BACKGROUND, class_color
 
-NUSC_VAL = "_test_bev_examples_nusc_val"
-LYFT_VAL = "_test_bev_examples_lyft_val"
+from evaluator_io import evaluator_input, prediction_instances, run_evaluator
+
+NUSC_VAL, NUSC_TRAIN = "_test_bev_examples_nusc_val", "_test_bev_examples_nusc_train"
+LYFT_VAL, LYFT_TRAIN = "_test_bev_examples_lyft_val", "_test_bev_examples_lyft_train"
 BROKEN = "_test_bev_examples_nusc_missing_lidar"
 SIZE = 1024  # render_bev's default image side
-
-
-def _tiny(kind, tmp_path_factory):
-    make = make_synthetic_nuscenes if kind == "nuscenes" else make_synthetic_lyft
-    return make(
-        str(tmp_path_factory.mktemp(kind)),
-        num_scenes=2,
-        keyframes_per_scene=3,
-        seed=1,
-        num_beams=8,
-        azimuth_steps=256,
-    )
+# The small synthetic sets' generator arguments (register_small_synthetic: 2 scenes, 8 beams).
+TINY = dict(keyframes_per_scene=3, seed=1, azimuth_steps=256)
 
 
 @pytest.fixture(scope="module")
-def nusc(tmp_path_factory):
-    root = _tiny("nuscenes", tmp_path_factory)
-    paths = create_infos(NUSCENES_SPEC, root, "v1.0-mini", max_sweeps=0, progress=False)
-    if NUSC_VAL not in DatasetCatalog.list():
-        register_nuscenes(NUSC_VAL, paths["mini_val"], root)
+def nusc(tmp_path_factory, register_small_synthetic):
+    root = register_small_synthetic(
+        "nuscenes", tmp_path_factory.mktemp("nuscenes"), NUSC_VAL, NUSC_TRAIN, **TINY
+    )
     if BROKEN not in DatasetCatalog.list():  # the same split whose LiDAR files are missing
         DatasetCatalog.register(
             BROKEN,
@@ -56,14 +39,10 @@ def nusc(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def lyft(tmp_path_factory):
-    root = _tiny("lyft", tmp_path_factory)
-    paths = create_infos(
-        LYFT_SPEC, root, "v1.01-train", max_sweeps=0, scene_split="last20", progress=False
+def lyft(tmp_path_factory, register_small_synthetic):
+    return register_small_synthetic(
+        "lyft", tmp_path_factory.mktemp("lyft"), LYFT_VAL, LYFT_TRAIN, **TINY
     )
-    if LYFT_VAL not in DatasetCatalog.list():
-        register_lyft(LYFT_VAL, paths["val"], root, scene_split="last20")
-    return root
 
 
 def _records(name):
@@ -89,21 +68,8 @@ def noisy_gt_predictions(dataset_name, empty_index, seed=0, low_score_boxes=0):
             boxes = np.concatenate([boxes, extra])
             labels = np.concatenate([labels, np.zeros(low_score_boxes, np.int64)])
             scores = np.concatenate([scores, np.full(low_score_boxes, 0.1)])
-        inst = Instances(
-            (1, 1),
-            pred_boxes3d=LiDARBoxes(torch.as_tensor(boxes, dtype=torch.float32)),
-            scores=torch.as_tensor(scores, dtype=torch.float32),
-            pred_classes=torch.as_tensor(labels, dtype=torch.int64),
-        )
-        pairs.append(({k: d[k] for k in ("sample_token", "lidar2ego", "ego2global")}, inst))
+        pairs.append((evaluator_input(d), prediction_instances(boxes, scores, labels)))
     return pairs
-
-
-def run(evaluator, pairs):
-    evaluator.reset()
-    for inp, inst in pairs:
-        evaluator.process([inp], [{"instances": inst}])
-    return evaluator.evaluate()
 
 
 def check_image(path, labels):
@@ -134,7 +100,7 @@ def test_worst_and_best_images_are_saved(kind, request, tmp_path):
         evaluator = NuScenesEvaluator(name, out, vis_num_samples=1, vis_score_thresh=0.3)
     else:
         evaluator = LyftEvaluator(name, out, method="fast", vis_num_samples=1)
-    metrics = run(evaluator, noisy_gt_predictions(name, empty))
+    metrics = run_evaluator(evaluator, noisy_gt_predictions(name, empty))
     assert metrics[kind]["mAP"] > 0  # scoring is unchanged
 
     vis = os.path.join(out, "vis")
@@ -153,7 +119,7 @@ def test_worst_and_best_images_are_saved(kind, request, tmp_path):
         check_image(os.path.join(vis, f), labels[labels >= 0])
 
     # A second evaluation into the same folder replaces the images instead of piling them up.
-    run(evaluator, noisy_gt_predictions(name, best_index))
+    run_evaluator(evaluator, noisy_gt_predictions(name, best_index))
     files = sorted(os.listdir(vis))
     assert len(files) == 2
     assert records[best_index]["sample_token"] in [f for f in files if "worst" in f][0]
@@ -163,19 +129,19 @@ def test_no_images_when_disabled(nusc, tmp_path):
     out = tmp_path / "eval"
     evaluator = NuScenesEvaluator(NUSC_VAL, str(out))  # vis_num_samples=0
     pairs = noisy_gt_predictions(NUSC_VAL, _empty_index(NUSC_VAL))
-    run(evaluator, pairs)
+    run_evaluator(evaluator, pairs)
     assert (out / "metrics_summary.json").is_file() and not (out / "vis").exists()
     assert evaluator._vis_predictions == []  # nothing kept for images
     # Without an output_dir there is nowhere to save them: no error, nothing kept.
     evaluator = NuScenesEvaluator(NUSC_VAL, None, vis_num_samples=2)
-    assert run(evaluator, pairs)["nuscenes"]["mAP"] > 0
+    assert run_evaluator(evaluator, pairs)["nuscenes"]["mAP"] > 0
     assert evaluator._vis_predictions == []
 
 
 def test_more_samples_than_the_split(nusc, tmp_path):
     out = tmp_path / "eval"
     evaluator = NuScenesEvaluator(NUSC_VAL, str(out), vis_num_samples=10)
-    run(evaluator, noisy_gt_predictions(NUSC_VAL, 0))
+    run_evaluator(evaluator, noisy_gt_predictions(NUSC_VAL, 0))
     files = os.listdir(out / "vis")
     tokens = [d["sample_token"] for d in _records(NUSC_VAL)]
     assert len(files) == len(tokens)  # each sample drawn once
@@ -199,9 +165,9 @@ def test_only_boxes_above_the_threshold_are_kept(nusc, tmp_path):
 def test_a_rendering_failure_keeps_the_metrics(nusc, tmp_path, caplog):
     out = tmp_path / "eval"
     evaluator = NuScenesEvaluator(BROKEN, str(out), vis_num_samples=1)
-    reference = run(NuScenesEvaluator(NUSC_VAL), noisy_gt_predictions(NUSC_VAL, 0))
+    reference = run_evaluator(NuScenesEvaluator(NUSC_VAL), noisy_gt_predictions(NUSC_VAL, 0))
     with caplog.at_level(logging.WARNING, logger="d2_pillars.evaluation.common"):
-        metrics = run(evaluator, noisy_gt_predictions(BROKEN, 0))
+        metrics = run_evaluator(evaluator, noisy_gt_predictions(BROKEN, 0))
     assert metrics["nuscenes"] == pytest.approx(reference["nuscenes"])
     assert (out / "metrics_summary.json").is_file()
     assert "Could not save the BEV example images" in caplog.text and ".gone" in caplog.text

@@ -4,10 +4,8 @@ import json
 import numpy as np
 import os
 import pytest
-import torch
 
 from detectron2.data import DatasetCatalog
-from detectron2.structures import Instances
 
 from d2_pillars.data.datasets.lyft import LYFT_CLASSES
 from d2_pillars.evaluation import (
@@ -17,7 +15,8 @@ from d2_pillars.evaluation import (
     load_lyft_results,
     merge_predictions,
 )
-from d2_pillars.structures import LiDARBoxes
+
+from evaluator_io import evaluator_input, prediction_instances, run_evaluator
 
 VAL, TRAIN = "_test_eval_lyft_val", "_test_eval_lyft_train"
 
@@ -43,25 +42,14 @@ def predictions(dataset_name, noise=0.0, only_first=False, seed=0):
         boxes[:, :3] += rng.normal(0, noise, (len(boxes), 3))
         boxes[:, 3:6] *= np.exp(rng.normal(0, noise, (len(boxes), 3)))
         boxes[:, 6] += rng.normal(0, noise, len(boxes))
-        inst = Instances(
-            (1, 1),
-            pred_boxes3d=LiDARBoxes(torch.as_tensor(boxes, dtype=torch.float32)),
-            scores=torch.as_tensor(rng.random(len(boxes)) if noise else np.ones(len(boxes))),
-            pred_classes=torch.as_tensor(d["gt_labels"][keep]),
-        )
-        pairs.append(({k: d[k] for k in ("sample_token", "lidar2ego", "ego2global")}, inst))
+        scores = rng.random(len(boxes)) if noise else np.ones(len(boxes))
+        inst = prediction_instances(boxes, scores, d["gt_labels"][keep])
+        pairs.append((evaluator_input(d), inst))
     return pairs
 
 
-def run(evaluator, pairs):
-    evaluator.reset()
-    for inp, inst in pairs:
-        evaluator.process([inp], [{"instances": inst}])
-    return evaluator.evaluate()
-
-
 def test_ground_truth_scores_perfectly(lyft, tmp_path):
-    res = run(LyftEvaluator(VAL, str(tmp_path), method="fast"), predictions(VAL))["lyft"]
+    res = run_evaluator(LyftEvaluator(VAL, str(tmp_path), method="fast"), predictions(VAL))["lyft"]
     assert res["mAP"] >= 0.99
     per_class = {k[3:]: v for k, v in res.items() if k.startswith("AP-")}
     assert set(per_class) == set(LYFT_CLASSES)  # the generator puts every class in every scene
@@ -85,7 +73,7 @@ def test_ground_truth_scores_perfectly(lyft, tmp_path):
 
 def test_fast_equals_sdk_through_the_evaluator(lyft, tmp_path):
     pairs = predictions(VAL, noise=0.1, only_first=True)
-    fast = run(LyftEvaluator(VAL, str(tmp_path), method="fast"), pairs)["lyft"]
+    fast = run_evaluator(LyftEvaluator(VAL, str(tmp_path), method="fast"), pairs)["lyft"]
     sdk = evaluate_lyft_results(str(tmp_path / "results_lyft.csv"), VAL, method="sdk")["lyft"]
     assert 0.05 < fast["mAP"] < 0.95  # jittered: a non-trivial number
     assert set(fast) == set(sdk)
@@ -95,29 +83,18 @@ def test_fast_equals_sdk_through_the_evaluator(lyft, tmp_path):
 
 def test_missing_samples_and_other_split(lyft, tmp_path):
     with pytest.raises(ResultsFileError, match="1 samples of the split are missing"):
-        run(LyftEvaluator(VAL, str(tmp_path)), predictions(VAL)[:-1])
+        run_evaluator(LyftEvaluator(VAL, str(tmp_path)), predictions(VAL)[:-1])
     assert not os.path.exists(tmp_path / "results_lyft.csv")
     ev = LyftEvaluator(TRAIN, str(tmp_path / "train"), method="fast")
-    run(ev, predictions(TRAIN))
+    run_evaluator(ev, predictions(TRAIN))
     with pytest.raises(ResultsFileError, match=r"results_lyft.csv.*Lyft v1.01-train split 'val'"):
         evaluate_lyft_results(str(tmp_path / "train" / "results_lyft.csv"), VAL, method="fast")
 
 
 def test_empty_results(lyft, tmp_path):
     pairs = predictions(VAL)
-    empty = [
-        (
-            inp,
-            Instances(
-                (1, 1),
-                pred_boxes3d=LiDARBoxes(torch.zeros(0, 7)),
-                scores=torch.zeros(0),
-                pred_classes=torch.zeros(0, dtype=torch.int64),
-            ),
-        )
-        for inp, _ in pairs
-    ]
-    res = run(LyftEvaluator(VAL, str(tmp_path)), empty)["lyft"]
+    empty = [(inp, prediction_instances(np.zeros((0, 7)), [], [])) for inp, _ in pairs]
+    res = run_evaluator(LyftEvaluator(VAL, str(tmp_path)), empty)["lyft"]
     assert res["mAP"] == 0.0
     assert all(v == [] for v in load_lyft_results(str(tmp_path / "results_lyft.csv")).values())
 
@@ -139,7 +116,7 @@ def test_evaluate_results_file_from_config(lyft, tmp_path):
     from d2_pillars.config import add_pillars_config
     from d2_pillars.evaluation import evaluate_results_file
 
-    run(LyftEvaluator(VAL, str(tmp_path), method="fast"), predictions(VAL, noise=0.05))
+    run_evaluator(LyftEvaluator(VAL, str(tmp_path), method="fast"), predictions(VAL, noise=0.05))
     cfg = get_cfg()
     add_pillars_config(cfg)
     cfg.OUTPUT_DIR, cfg.DATASETS.TEST = str(tmp_path / "out"), (VAL,)

@@ -11,7 +11,6 @@ from nuscenes.utils.data_classes import Box
 from pyquaternion import Quaternion
 
 from detectron2.data import DatasetCatalog, MetadataCatalog
-from detectron2.structures import Instances
 
 from d2_pillars.data.datasets.nuscenes import NUSCENES_CLASSES
 from d2_pillars.evaluation import (
@@ -21,6 +20,8 @@ from d2_pillars.evaluation import (
     merge_predictions,
 )
 from d2_pillars.structures import LiDARBoxes
+
+from evaluator_io import evaluator_input, prediction_instances, run_evaluator
 
 VAL, TRAIN = "_test_eval_nusc_mini_val", "_test_eval_nusc_mini_train"
 RANGES = {"car": 50, "truck": 50, "bus": 50, "trailer": 50, "construction_vehicle": 50}
@@ -37,15 +38,6 @@ def nusc(tmp_path_factory, register_small_synthetic):
     )  # fmt: skip
 
 
-def _instances(boxes, scores, labels):
-    return Instances(
-        (1, 1),
-        pred_boxes3d=LiDARBoxes(torch.as_tensor(boxes, dtype=torch.float32)),
-        scores=torch.as_tensor(scores, dtype=torch.float32),
-        pred_classes=torch.as_tensor(labels, dtype=torch.int64),
-    )
-
-
 def gt_as_predictions(dataset_name, yaw_offset=0.0, limit=None):
     """(inputs, outputs) pairs with the ground truth (boxes with points) as predictions."""
     pairs = []
@@ -53,16 +45,9 @@ def gt_as_predictions(dataset_name, yaw_offset=0.0, limit=None):
         keep = (d["gt_labels"] >= 0) & (d["num_lidar_pts"] + d["num_radar_pts"] > 0)
         boxes = d["gt_boxes"][keep].copy()
         boxes[:, 6] += yaw_offset
-        inst = _instances(boxes, np.ones(len(boxes)), d["gt_labels"][keep])
-        pairs.append(({k: d[k] for k in ("sample_token", "lidar2ego", "ego2global")}, inst))
+        inst = prediction_instances(boxes, np.ones(len(boxes)), d["gt_labels"][keep])
+        pairs.append((evaluator_input(d), inst))
     return pairs
-
-
-def run(evaluator, pairs):
-    evaluator.reset()
-    for inp, inst in pairs:
-        evaluator.process([inp], [{"instances": inst}])
-    return evaluator.evaluate()
 
 
 def classes_in_gt(dataset_name):
@@ -81,7 +66,7 @@ def classes_in_gt(dataset_name):
 
 def test_ground_truth_scores_perfectly(nusc, tmp_path):
     out = str(tmp_path / "eval")
-    res = run(NuScenesEvaluator(VAL, out), gt_as_predictions(VAL))["nuscenes"]
+    res = run_evaluator(NuScenesEvaluator(VAL, out), gt_as_predictions(VAL))["nuscenes"]
     # The generator puts every class, with points and within range, in every scene (a class
     # without ground truth would score AP 0 and TP errors 1).
     assert classes_in_gt(VAL) == set(NUSCENES_CLASSES)
@@ -116,7 +101,7 @@ def test_ground_truth_scores_perfectly(nusc, tmp_path):
 
 def test_yaw_error_is_measured(nusc, tmp_path):
     out = str(tmp_path / "eval")
-    res = run(NuScenesEvaluator(VAL, out), gt_as_predictions(VAL, yaw_offset=math.pi / 2))
+    res = run_evaluator(NuScenesEvaluator(VAL, out), gt_as_predictions(VAL, yaw_offset=math.pi / 2))
     errors = json.load(open(os.path.join(out, "metrics_summary.json")))["label_tp_errors"]
     for name in set(NUSCENES_CLASSES) - {"traffic_cone"}:
         # Barrier (period pi): pi/2 is the largest error there too.
@@ -128,13 +113,13 @@ def test_yaw_error_is_measured(nusc, tmp_path):
 def test_missing_samples_is_a_clear_error(nusc):
     pairs = gt_as_predictions(VAL)
     with pytest.raises(ResultsFileError, match=r"1 samples of the split are missing"):
-        run(NuScenesEvaluator(VAL), pairs[:-1])
+        run_evaluator(NuScenesEvaluator(VAL), pairs[:-1])
 
 
 def test_results_file_of_another_split(nusc, tmp_path):
     path = str(tmp_path / "train_results.json")
     with pytest.raises(ResultsFileError, match="4 samples of the split are missing"):
-        run(NuScenesEvaluator(TRAIN, str(tmp_path)), [])  # nothing processed
+        run_evaluator(NuScenesEvaluator(TRAIN, str(tmp_path)), [])  # nothing processed
     assert not os.path.exists(tmp_path / "results_nusc.json")  # no file for a wrong split
     ev = NuScenesEvaluator(TRAIN, str(tmp_path))
     for inp, inst in gt_as_predictions(TRAIN):
@@ -146,8 +131,10 @@ def test_results_file_of_another_split(nusc, tmp_path):
 
 
 def test_empty_results_give_zero_metrics(nusc, tmp_path):
-    pairs = [(inp, _instances(np.zeros((0, 9)), [], [])) for inp, _ in gt_as_predictions(VAL)]
-    res = run(NuScenesEvaluator(VAL, str(tmp_path)), pairs)["nuscenes"]
+    pairs = [
+        (inp, prediction_instances(np.zeros((0, 9)), [], [])) for inp, _ in gt_as_predictions(VAL)
+    ]
+    res = run_evaluator(NuScenesEvaluator(VAL, str(tmp_path)), pairs)["nuscenes"]
     assert res["mAP"] == 0.0 and res["NDS"] == 0.0 and res["AP-car"] == 0.0
     data = json.load(open(tmp_path / "results_nusc.json"))
     assert len(data["results"]) == len(pairs) and not any(data["results"].values())
@@ -209,7 +196,7 @@ def test_conversion_matches_devkit_box_chain(fake_split):
     lidar2ego = _pose(0.03, 0.01, -0.02, [0.9, 0.0, 1.8])
     ego2global = _pose(2.1, 0.02, 0.015, [612.3, 1642.8, 0.0])
     ev = NuScenesEvaluator(fake_split)
-    inst = _instances(boxes, rng.random(n), np.zeros(n))  # all cars (range 50 m)
+    inst = prediction_instances(boxes, rng.random(n), np.zeros(n))  # all cars (range 50 m)
     ev.process(
         [{"sample_token": "s", "lidar2ego": torch.as_tensor(lidar2ego), "ego2global": ego2global}],
         [{"instances": inst}],
@@ -253,7 +240,7 @@ def test_range_filter_cap_and_attributes(fake_split):
     scores = np.linspace(0.9, 0.1, len(rows))
     ev.process(
         [{"sample_token": "s", "lidar2ego": lidar2ego, "ego2global": ego2global}],
-        [{"instances": _instances(rows, scores, labels)}],
+        [{"instances": prediction_instances(rows, scores, labels)}],
     )
     kept = ev._predictions[0][1]
     assert [b["detection_score"] for b in kept] == pytest.approx(scores[expect_kept].tolist())
@@ -267,7 +254,7 @@ def test_range_filter_cap_and_attributes(fake_split):
     ev.reset()
     ev.process(
         [{"sample_token": "t", "lidar2ego": lidar2ego, "ego2global": ego2global}],
-        [{"instances": _instances(many, many_scores, np.zeros(600))}],
+        [{"instances": prediction_instances(many, many_scores, np.zeros(600))}],
     )
     got = [b["detection_score"] for b in ev._predictions[0][1]]
     assert got == pytest.approx(np.sort(many_scores.astype(np.float32))[::-1][:500].tolist())
@@ -289,17 +276,17 @@ def test_range_filter_cap_and_attributes(fake_split):
     ev.reset()
     ev.process(
         [{"sample_token": "u", "lidar2ego": lidar2ego, "ego2global": ego2global}],
-        [{"instances": _instances(rows, np.linspace(1, 0.5, len(rows)), labels)}],
+        [{"instances": prediction_instances(rows, np.linspace(1, 0.5, len(rows)), labels)}],
     )
     assert [b["attribute_name"] for b in ev._predictions[0][1]] == [a for _, _, a in attr_cases]
     ev.reset()
     ev.process(
         [{"sample_token": "v", "lidar2ego": lidar2ego, "ego2global": ego2global}],
-        [{"instances": _instances(np.array(rows)[:, :7], np.ones(len(rows)), labels)}],
+        [{"instances": prediction_instances(np.array(rows)[:, :7], np.ones(len(rows)), labels)}],
     )
     assert all(b["velocity"] == [0.0, 0.0] for b in ev._predictions[0][1])
     with pytest.raises(ValueError, match="pred_classes out of range"):
         ev.process(
             [{"sample_token": "w", "lidar2ego": lidar2ego, "ego2global": ego2global}],
-            [{"instances": _instances(np.array(rows)[:1], [1.0], [10])}],
+            [{"instances": prediction_instances(np.array(rows)[:1], [1.0], [10])}],
         )
