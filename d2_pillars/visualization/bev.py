@@ -149,6 +149,27 @@ def _to_boxes(boxes) -> LiDARBoxes:
     return LiDARBoxes(torch.as_tensor(_as_numpy(boxes), dtype=torch.float32))
 
 
+def _box_labels(labels, n: int) -> np.ndarray:
+    """(n,) int64 class indices of ``n`` boxes from an array / tensor / list; None: all 0."""
+    if labels is None:
+        return np.zeros(n, np.int64)
+    labels = _as_numpy(labels).astype(np.int64).reshape(-1)
+    if labels.shape[0] != n:
+        raise ValueError(f"{n} boxes but {labels.shape[0]} labels")
+    return labels
+
+
+def _box_scores(scores, n: int) -> np.ndarray:
+    """(n,) float64 scores of ``n`` boxes from an array / tensor / list; None: all 1.0 (boxes
+    without scores count as certain)."""
+    if scores is None:
+        return np.ones(n, np.float64)
+    scores = _as_numpy(scores).astype(np.float64).reshape(-1)
+    if scores.shape[0] != n:
+        raise ValueError(f"{n} boxes but {scores.shape[0]} scores")
+    return scores
+
+
 @dataclass
 class BEVProjector:
     """Maps LiDAR-frame x-y (meters) to image pixels; see the module docstring for the formula."""
@@ -341,18 +362,13 @@ class BEVVisualizer:
         """
         boxes = _to_boxes(boxes)
         n = len(boxes)
-        labels = np.zeros(n, np.int64) if labels is None else _as_numpy(labels).astype(np.int64)
-        labels = labels.reshape(-1)
         style = style or ("gt" if scores is None else "pred")
         if style not in ("gt", "pred"):
             raise ValueError(f"style must be 'gt' or 'pred', got {style!r}")
-        if labels.shape[0] != n:
-            raise ValueError(f"{n} boxes but {labels.shape[0]} labels")
+        labels = _box_labels(labels, n)
         keep = np.ones(n, dtype=bool)
         if scores is not None:
-            scores = _as_numpy(scores).astype(np.float64).reshape(-1)
-            if scores.shape[0] != n:
-                raise ValueError(f"{n} boxes but {scores.shape[0]} scores")
+            scores = _box_scores(scores, n)
             keep = scores >= score_thresh
         self._styles_shown[style] = (
             f"predictions (score >= {score_thresh:.2f})" if style == "pred" else "ground truth"
@@ -572,13 +588,10 @@ def render_bev(
     if gt_boxes is not None:
         vis.draw_boxes(gt_boxes, gt_labels, style="gt")
     if pred_boxes is not None:
-        n_pred = len(_to_boxes(pred_boxes))
-        if pred_scores is None:
-            pred_scores = np.ones(n_pred, dtype=np.float32)
         vis.draw_boxes(
             pred_boxes,
             pred_labels,
-            pred_scores,
+            _box_scores(pred_scores, len(_to_boxes(pred_boxes))),
             score_thresh,
             style="pred",
             show_scores=show_scores,
@@ -625,11 +638,8 @@ def match_by_center_distance(
     from scipy.optimize import linear_sum_assignment
 
     gt, pred = _to_boxes(gt_boxes), _to_boxes(pred_boxes)
-    gl = _as_numpy(gt_labels).reshape(-1).astype(np.int64) if gt_labels is not None else None
-    gl = np.zeros(len(gt), np.int64) if gl is None else gl
-    pl = _as_numpy(pred_labels).reshape(-1).astype(np.int64) if pred_labels is not None else None
-    pl = np.zeros(len(pred), np.int64) if pl is None else pl
-    ps = np.ones(len(pred)) if pred_scores is None else _as_numpy(pred_scores).reshape(-1)
+    gl, pl = _box_labels(gt_labels, len(gt)), _box_labels(pred_labels, len(pred))
+    ps = _box_scores(pred_scores, len(pred))
     keep = ps >= score_thresh
     gt_xy = _as_numpy(gt.center)[gl >= 0, :2].astype(np.float64)
     gl = gl[gl >= 0]

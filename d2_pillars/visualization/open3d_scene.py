@@ -35,6 +35,8 @@ import torch
 from .bev import (
     BACKGROUND,
     _as_numpy,
+    _box_labels,
+    _box_scores,
     _dash_segments,
     _to_boxes,
     class_color,
@@ -147,15 +149,10 @@ def build_box_lineset(boxes, labels=None, scores=None, score_thresh: float = 0.0
     o3d = _o3d()
     boxes = _to_boxes(boxes)
     n = len(boxes)
-    labels = np.zeros(n, np.int64) if labels is None else _as_numpy(labels).reshape(-1)
-    if labels.shape[0] != n:
-        raise ValueError(f"{n} boxes but {labels.shape[0]} labels")
+    labels = _box_labels(labels, n)
     keep = np.ones(n, dtype=bool)
     if scores is not None:
-        scores = _as_numpy(scores).reshape(-1)
-        if scores.shape[0] != n:
-            raise ValueError(f"{n} boxes but {scores.shape[0]} scores")
-        keep = scores >= score_thresh
+        keep = _box_scores(scores, n) >= score_thresh
     dashed = scores is not None if dashed is None else dashed
     idx = np.nonzero(keep)[0]
     segs, owner = box_line_segments(boxes[torch.as_tensor(idx, dtype=torch.long)], dashed=dashed)
@@ -205,18 +202,13 @@ def build_scene(
         point_scale = (color_by, lo, hi)
     if gt_boxes is not None:
         gt = _to_boxes(gt_boxes)
-        gl = np.zeros(len(gt), np.int64) if gt_labels is None else _as_numpy(gt_labels).reshape(-1)
+        gl = _box_labels(gt_labels, len(gt))
         geoms.append(("gt_boxes", build_box_lineset(gt, gl)))
         labels_shown.update(int(v) for v in np.unique(gl))
         styles["gt"] = "ground truth"
     if pred_boxes is not None:
         pb = _to_boxes(pred_boxes)
-        pl = (
-            np.zeros(len(pb), np.int64)
-            if pred_labels is None
-            else _as_numpy(pred_labels).reshape(-1)
-        )
-        ps = np.ones(len(pb)) if pred_scores is None else _as_numpy(pred_scores).reshape(-1)
+        pl, ps = _box_labels(pred_labels, len(pb)), _box_scores(pred_scores, len(pb))
         geoms.append(("pred_boxes", build_box_lineset(pb, pl, ps, score_thresh)))
         labels_shown.update(int(v) for v in np.unique(pl[ps >= score_thresh]))
         styles["pred"] = f"predictions (score >= {score_thresh:.2f})"
