@@ -1,4 +1,5 @@
-"""Fixtures shared by the checkpoint tests: configs and PointPillars models on a RegNetX preset."""
+"""Fixtures shared by the checkpoint tests: configs and PointPillars models on a RegNetX preset,
+and a pickle that would run code."""
 
 import pytest
 
@@ -45,3 +46,21 @@ def regnet_pointpillars(regnetx_cfg):
         return cfg, build_model(cfg)
 
     return make
+
+
+class _CreatesFileWhenUnpickled:
+    """Unpickling this object calls ``open(path, "w")``: a stand-in for a pickle that runs code."""
+
+    def __init__(self, path):
+        self.path = str(path)
+
+    def __reduce__(self):
+        return (open, (self.path, "w"))
+
+
+@pytest.fixture
+def code_running_pickle(tmp_path):
+    """``(obj, marker)``: ``obj`` creates the file ``marker`` when unpickled (saving does not), so
+    ``marker.exists()`` tells whether a loader ran pickled code."""
+    marker = tmp_path / "pickled_code_ran"
+    return _CreatesFileWhenUnpickled(marker), marker

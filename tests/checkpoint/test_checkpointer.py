@@ -166,15 +166,10 @@ def test_unversioned_checkpoint_with_head_weights_warns(tmp_path):
     assert _states_equal(model.state_dict(), source)
 
 
-def test_pickled_code_is_never_run(tmp_path):
-    marker = tmp_path / "ran"
-
-    class Evil:
-        def __reduce__(self):
-            return (open, (str(marker), "w"))
-
+def test_pickled_code_is_never_run(tmp_path, code_running_pickle):
+    evil, marker = code_running_pickle
     path = str(tmp_path / "evil.pth")
-    torch.save({"model": TinyDetector().state_dict(), "evil": Evil()}, path)
+    torch.save({"model": TinyDetector().state_dict(), "evil": evil}, path)
     with pytest.raises(RegNetCheckpointError, match="weights_only"):
         PillarsCheckpointer(TinyDetector()).load(path)
     assert not marker.exists()

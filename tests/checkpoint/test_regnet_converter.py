@@ -390,16 +390,11 @@ def test_format_detection_and_errors(sources, tmp_path):
         source_state_dict(bad)
 
 
-def test_refuses_pickled_objects(tmp_path):
+def test_refuses_pickled_objects(tmp_path, code_running_pickle):
     """weights_only loading: a pickle that would run code is refused, and the code never runs."""
-    marker = tmp_path / "pwned"
-
-    class Evil:
-        def __reduce__(self):
-            return (open, (str(marker), "w"))
-
+    evil, marker = code_running_pickle
     path = str(tmp_path / "evil.pyth")
-    torch.save({"model_state": {"s1.b1.f.a.weight": torch.zeros(1)}, "x": Evil()}, path)
+    torch.save({"model_state": {"s1.b1.f.a.weight": torch.zeros(1)}, "x": evil}, path)
     assert not marker.exists()  # saving does not call it
     with pytest.raises(RegNetCheckpointError, match="weights_only"):
         read_source_state_dict(path)
