@@ -1,11 +1,23 @@
-"""Timing helpers shared by the benchmarks."""
+"""Helpers shared by the benchmarks: timing, output, the config file and the dataset."""
 
 import json
+import os
 import statistics
 import time
 import torch
 
-__all__ = ["median_time", "print_table", "print_json"]
+__all__ = [
+    "median_time",
+    "print_table",
+    "print_json",
+    "resolve_config_file",
+    "NUSCENES_VERSION",
+    "has_nuscenes_dataset",
+    "update_nuscenes_infos",
+]
+
+#: The nuScenes version the benchmarks read: the synthetic dataset's layout, or a real mini.
+NUSCENES_VERSION = "v1.0-mini"
 
 
 def _sync(device):
@@ -35,3 +47,34 @@ def print_table(rows, headers):
 
 def print_json(figures):
     print(json.dumps(figures, sort_keys=True))
+
+
+def resolve_config_file(path: str) -> str:
+    """``path`` when it names a file, else the same path inside this checkout (``configs/...``
+    from any directory); FileNotFoundError naming ``--config-file`` when neither exists."""
+    if os.path.isfile(path):
+        return path
+    in_checkout = os.path.join(os.path.dirname(__file__), "..", "..", path)
+    if not os.path.isfile(in_checkout):
+        raise FileNotFoundError(f"--config-file {path}: no such file")
+    return in_checkout
+
+
+def has_nuscenes_dataset(root: str) -> bool:
+    """Whether ``root`` holds a dataset, used as it is: a synthetic one of any size (its marker
+    file) or a real ``v1.0-mini``."""
+    from ..data.datasets.synthetic import MARKER_NAME
+
+    return os.path.exists(os.path.join(root, MARKER_NAME)) or os.path.isdir(
+        os.path.join(root, NUSCENES_VERSION)
+    )
+
+
+def update_nuscenes_infos(root: str, splits, max_sweeps: int = 10):
+    """Build the info files of ``root`` when one of ``splits``' is missing or older than the
+    synthetic dataset's marker (the dataset was regenerated)."""
+    from ..data.datasets import NUSCENES_SPEC, create_infos, infos_up_to_date
+    from ..data.datasets.synthetic import MARKER_NAME
+
+    if not infos_up_to_date(root, "nuscenes", splits, os.path.join(root, MARKER_NAME)):
+        create_infos(NUSCENES_SPEC, root, NUSCENES_VERSION, max_sweeps=max_sweeps, progress=False)

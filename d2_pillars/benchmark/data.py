@@ -21,17 +21,22 @@ import torch
 from detectron2.config import get_cfg
 
 from ..config import add_pillars_config
-from ..data.datasets import NUSCENES_SPEC, create_infos, info_path, load_dataset_dicts
+from ..data.datasets import info_path, load_dataset_dicts
 from ..data.datasets.register import default_datasets_root
 from ..data.mapper import PointCloudMapper
 from ..data.points import load_points
-from .common import print_json, print_table
+from .common import (
+    NUSCENES_VERSION,
+    has_nuscenes_dataset,
+    print_json,
+    print_table,
+    update_nuscenes_infos,
+)
 
 __all__ = ["add_arguments", "main", "prepare_dataset"]
 
 logger = logging.getLogger(__name__)
 
-VERSION = "v1.0-mini"
 SPLIT = "mini_train"
 
 
@@ -53,22 +58,18 @@ def add_arguments(parser: argparse.ArgumentParser):
 
 
 def prepare_dataset(root, *, scenes=10, keyframes=40, max_sweeps=10):
-    """Generate the synthetic nuScenes dataset and its infos under ``root`` when missing."""
-    from ..data.datasets.synthetic import MARKER_NAME, make_synthetic_nuscenes
+    """Generate the synthetic nuScenes dataset and its infos under ``root`` when missing; return
+    the info file of the benchmarked split."""
+    from ..data.datasets.synthetic import make_synthetic_nuscenes
 
-    marker = os.path.join(root, MARKER_NAME)
     # An existing dataset (synthetic of any size, or a real v1.0-mini) is used as it is.
-    if not os.path.exists(marker) and not os.path.isdir(os.path.join(root, VERSION)):
+    if not has_nuscenes_dataset(root):
         logger.info("Generating the synthetic nuScenes dataset in %s", root)
         make_synthetic_nuscenes(
             root, num_scenes=scenes, keyframes_per_scene=keyframes, num_workers=os.cpu_count() or 1
         )
-    path = info_path(root, "nuscenes", SPLIT)
-    stale = os.path.exists(marker) and os.path.isfile(path)
-    stale = stale and os.path.getmtime(path) < os.path.getmtime(marker)
-    if not os.path.isfile(path) or stale:
-        create_infos(NUSCENES_SPEC, root, VERSION, max_sweeps=max_sweeps, progress=False)
-    return path
+    update_nuscenes_infos(root, (SPLIT,), max_sweeps=max_sweeps)
+    return info_path(root, "nuscenes", SPLIT)
 
 
 def _stage_times(mapper, d, rng):
@@ -113,7 +114,9 @@ def main(args):
         cfg.merge_from_list(args.opts)
     root = os.path.abspath(args.root or os.path.join(default_datasets_root(), "synthetic_nuscenes"))
     path = prepare_dataset(root, scenes=args.scenes, keyframes=args.keyframes)
-    dicts = load_dataset_dicts(path, root, dataset="nuscenes", version=VERSION, split=SPLIT)
+    dicts = load_dataset_dicts(
+        path, root, dataset="nuscenes", version=NUSCENES_VERSION, split=SPLIT
+    )
     # Keyframes with the full set of sweeps (the steady state of a scene).
     full = [d for d in dicts if len(d["sweeps"]) >= cfg.INPUT.NUM_SWEEPS] or dicts
     rng = np.random.default_rng(args.seed)

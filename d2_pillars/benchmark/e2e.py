@@ -50,14 +50,21 @@ from ..data.datasets import info_path, load_dataset_dicts
 from ..data.datasets.register import default_datasets_root
 from ..data.mapper import PointCloudMapper
 from ..data.points import load_points
-from .common import median_time, print_json, print_table
+from .common import (
+    NUSCENES_VERSION,
+    has_nuscenes_dataset,
+    median_time,
+    print_json,
+    print_table,
+    resolve_config_file,
+    update_nuscenes_infos,
+)
 
 __all__ = ["add_arguments", "main", "prepare_dataset", "TARGETS"]
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_CONFIG = "configs/nuscenes/pointpillars_regnetx_400mf_fpn.yaml"
-VERSION = "v1.0-mini"
 
 # The targets of the issue "Speed and memory".
 TARGETS = {
@@ -228,13 +235,7 @@ def _torch_threads(n):
 def _load_cfg(args):
     from ..engine import load_config
 
-    path = args.config_file
-    if not os.path.isfile(path):  # configs/... relative to the checkout, from any directory
-        in_checkout = os.path.join(os.path.dirname(__file__), "..", "..", path)
-        if not os.path.isfile(in_checkout):
-            raise FileNotFoundError(f"--config-file {path}: no such file")
-        path = in_checkout
-    cfg = load_config(path, args.opts or ())
+    cfg = load_config(resolve_config_file(args.config_file), args.opts or ())
     cfg.MODEL.DEVICE = args.device
     return cfg
 
@@ -242,26 +243,24 @@ def _load_cfg(args):
 def prepare_dataset(root, max_sweeps=10):
     """The synthetic nuScenes dataset under ``root``, generated with the demo's arguments when
     ``root`` holds no dataset; info files built when missing or older than the data."""
-    from ..data.datasets import NUSCENES_SPEC, create_infos
-    from ..data.datasets.synthetic import MARKER_NAME
     from ..engine.demo import prepare_synthetic_nuscenes
 
-    marker = os.path.join(root, MARKER_NAME)
-    if not os.path.exists(marker) and not os.path.isdir(os.path.join(root, VERSION)):
+    if not has_nuscenes_dataset(root):
         logger.warning("Generating the synthetic nuScenes dataset in %s (a few minutes)", root)
         prepare_synthetic_nuscenes(root, max_sweeps=max_sweeps)
         return root
     # an existing dataset (synthetic of any size, or a real v1.0-mini) is used as it is
-    infos = [info_path(root, "nuscenes", split) for split in ("mini_train", "mini_val")]
-    stamp = os.path.getmtime(marker) if os.path.exists(marker) else 0.0
-    if not all(os.path.isfile(p) and os.path.getmtime(p) >= stamp for p in infos):
-        create_infos(NUSCENES_SPEC, root, VERSION, max_sweeps=max_sweeps, progress=False)
+    update_nuscenes_infos(root, ("mini_train", "mini_val"), max_sweeps=max_sweeps)
     return root
 
 
 def _dataset_dicts(root, split):
     return load_dataset_dicts(
-        info_path(root, "nuscenes", split), root, dataset="nuscenes", version=VERSION, split=split
+        info_path(root, "nuscenes", split),
+        root,
+        dataset="nuscenes",
+        version=NUSCENES_VERSION,
+        split=split,
     )
 
 

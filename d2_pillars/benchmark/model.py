@@ -16,7 +16,6 @@ and ``--cls-logit-offset`` shifts the class logits to load the NMS.
 import argparse
 import logging
 import numpy as np
-import os
 import torch
 
 from detectron2.config import get_cfg
@@ -25,7 +24,7 @@ from detectron2.modeling import META_ARCH_REGISTRY, build_backbone, build_model
 
 from ..config import add_pillars_config
 from ..modeling.pillar_encoder import PillarScatter, build_pillar_encoder, grid_size_from_range
-from .common import median_time, print_json, print_table
+from .common import median_time, print_json, print_table, resolve_config_file
 
 __all__ = ["add_arguments", "main", "make_synthetic_pillars", "benchmark_config"]
 
@@ -102,14 +101,9 @@ def make_synthetic_pillars(cfg, num_pillars, mean_points=8.0, seed=0, device="cp
 
 
 def _load_cfg(path, device):
-    if not os.path.isfile(path):  # configs/... relative to the checkout, from any directory
-        in_checkout = os.path.join(os.path.dirname(__file__), "..", "..", path)
-        if not os.path.isfile(in_checkout):
-            raise FileNotFoundError(f"--config-file {path}: no such file")
-        path = in_checkout
     cfg = get_cfg()
     add_pillars_config(cfg)
-    cfg.merge_from_file(path)
+    cfg.merge_from_file(resolve_config_file(path))
     cfg.MODEL.DEVICE = device
     return cfg
 

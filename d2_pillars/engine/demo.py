@@ -17,7 +17,7 @@ import time
 from detectron2.utils.logger import setup_logger
 
 from ..data import DATASETS_ROOT
-from ..data.datasets import NUSCENES_SPEC, create_infos, info_path
+from ..data.datasets import NUSCENES_SPEC, create_infos, infos_up_to_date
 from ..data.datasets.synthetic import MARKER_NAME, make_synthetic_nuscenes
 from .defaults import load_config
 from .trainer import PillarsTrainer
@@ -36,11 +36,8 @@ def prepare_synthetic_nuscenes(root, *, num_scenes=10, keyframes_per_scene=40, m
     make_synthetic_nuscenes(
         root, num_scenes=num_scenes, keyframes_per_scene=keyframes_per_scene, num_workers=workers
     )
-    infos = [info_path(root, "nuscenes", split) for split in ("mini_train", "mini_val")]
-    marker = os.path.join(root, MARKER_NAME)
-    if not all(
-        os.path.exists(p) and os.path.getmtime(p) >= os.path.getmtime(marker) for p in infos
-    ):
+    splits, marker = ("mini_train", "mini_val"), os.path.join(root, MARKER_NAME)
+    if not infos_up_to_date(root, "nuscenes", splits, marker):
         create_infos(NUSCENES_SPEC, root, VERSION, max_sweeps=max_sweeps)
     return root
 

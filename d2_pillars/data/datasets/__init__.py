@@ -6,6 +6,7 @@ from .builder import (
     check_lidar_files,
     create_infos,
     info_path,
+    infos_up_to_date,
     lidar_files,
 )
 from .infos import InfoFileError, load_info_metadata, load_infos, save_infos
@@ -28,6 +29,7 @@ __all__ = [
     "check_dataset_files",
     "lidar_files",
     "info_path",
+    "infos_up_to_date",
     "InfoFileError",
     "load_infos",
     "load_info_metadata",

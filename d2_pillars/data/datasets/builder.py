@@ -30,6 +30,7 @@ __all__ = [
     "iter_records",
     "create_infos",
     "info_path",
+    "infos_up_to_date",
     "check_lidar_files",
     "check_dataset_files",
     "lidar_files",
@@ -308,6 +309,17 @@ def iter_records(
 def info_path(root: str, dataset: str, split: str, out_dir: Optional[str] = None) -> str:
     """``{out_dir or root}/{dataset}_infos_{split}.pkl``."""
     return os.path.join(out_dir or root, f"{dataset}_infos_{split}.pkl")
+
+
+def infos_up_to_date(
+    root: str, dataset: str, splits: Sequence[str], stamp_file: Optional[str] = None
+) -> bool:
+    """Whether the info files of every split in ``splits`` (:func:`info_path` under ``root``)
+    exist and none is older than ``stamp_file``: a file rewritten whenever the dataset changes,
+    e.g. the synthetic generator's marker. A missing ``stamp_file`` dates nothing."""
+    stamp = os.path.getmtime(stamp_file) if stamp_file and os.path.exists(stamp_file) else 0.0
+    paths = [info_path(root, dataset, split) for split in splits]
+    return all(os.path.isfile(p) and os.path.getmtime(p) >= stamp for p in paths)
 
 
 def create_infos(
