@@ -12,6 +12,7 @@ from detectron2.modeling import META_ARCH_REGISTRY, Backbone, build_backbone
 from ..layers import collate_voxels
 from ..structures import LiDARBoxes
 from .anchor_head import build_anchor3d_head
+from .backbone import check_in_features
 from .pillar_encoder import PillarScatter, build_pillar_encoder
 
 __all__ = ["PointPillars"]
@@ -81,12 +82,12 @@ class PointPillars(nn.Module):
         backbone = build_backbone(cfg, ShapeSpec(channels=pillar_encoder.out_channels, stride=1))
         in_features = list(cfg.MODEL.ANCHOR3D_HEAD.IN_FEATURES)
         shapes = backbone.output_shape()
-        missing = [f for f in in_features if f not in shapes]
-        if missing:
-            raise ValueError(
-                f"MODEL.ANCHOR3D_HEAD.IN_FEATURES {in_features} names {missing}, which backbone "
-                f"{cfg.MODEL.BACKBONE.NAME} does not output (it has {sorted(shapes)})"
-            )
+        check_in_features(
+            "MODEL.ANCHOR3D_HEAD.IN_FEATURES",
+            in_features,
+            shapes,
+            f"backbone {cfg.MODEL.BACKBONE.NAME}",
+        )
         head = build_anchor3d_head(cfg, [shapes[f] for f in in_features])
         return {
             "pillar_encoder": pillar_encoder,

@@ -16,7 +16,7 @@ from .regnet import (
     regnet_stage_parameters,
 )
 from .secfpn import SECONDFPN, build_regnet_secfpn_backbone, build_second_secfpn_backbone
-from .second import SECOND, build_second_backbone, get_bev_norm
+from .second import SECOND, build_second_backbone, check_in_features, get_bev_norm
 
 __all__ = [
     "BEVFPN",
@@ -32,6 +32,7 @@ __all__ = [
     "build_second_backbone",
     "build_second_fpn_backbone",
     "build_second_secfpn_backbone",
+    "check_in_features",
     "get_bev_norm",
     "regnet_stage_parameters",
 ]

@@ -6,7 +6,7 @@ from detectron2.layers import ShapeSpec
 from detectron2.modeling import BACKBONE_REGISTRY, FPN
 
 from .regnet import build_regnet_bev_backbone
-from .second import build_second_backbone, get_bev_norm
+from .second import build_second_backbone, check_in_features, get_bev_norm
 
 __all__ = ["BEVFPN", "build_second_fpn_backbone", "build_regnet_fpn_backbone"]
 
@@ -28,13 +28,13 @@ class BEVFPN(FPN):
                 ``top_block``, ``fuse_type``).
             activation (str): "relu" or "" (none: detectron2's plain FPN).
         """
-        shapes = bottom_up.output_shape()
-        missing = [f for f in in_features if f not in shapes]
-        if missing:
-            raise ValueError(
-                f"MODEL.FPN.IN_FEATURES names {missing}, which the backbone does not output "
-                f"(it outputs {sorted(shapes)}); check its OUT_FEATURES"
-            )
+        check_in_features(
+            "MODEL.FPN.IN_FEATURES",
+            in_features,
+            bottom_up.output_shape(),
+            "the backbone",
+            hint="check its OUT_FEATURES",
+        )
         if activation not in _ACTIVATIONS:
             raise ValueError(f"MODEL.FPN.ACTIVATION must be 'relu' or '', got {activation!r}")
         super().__init__(bottom_up, in_features, out_channels, **kwargs)

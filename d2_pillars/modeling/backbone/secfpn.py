@@ -7,7 +7,7 @@ from detectron2.layers import ShapeSpec, get_norm
 from detectron2.modeling import BACKBONE_REGISTRY, Backbone
 
 from .regnet import build_regnet_bev_backbone
-from .second import build_second_backbone, get_bev_norm
+from .second import build_second_backbone, check_in_features, get_bev_norm
 
 __all__ = ["SECONDFPN", "build_second_secfpn_backbone", "build_regnet_secfpn_backbone"]
 
@@ -36,12 +36,13 @@ class SECONDFPN(Backbone):
                 f"length, got {in_features}, {out_channels}, {upsample_strides}"
             )
         shapes = bottom_up.output_shape()
-        missing = [f for f in in_features if f not in shapes]
-        if missing:
-            raise ValueError(
-                f"MODEL.SECFPN.IN_FEATURES names {missing}, which the backbone does not output "
-                f"(it outputs {sorted(shapes)}); check its OUT_FEATURES"
-            )
+        check_in_features(
+            "MODEL.SECFPN.IN_FEATURES",
+            in_features,
+            shapes,
+            "the backbone",
+            hint="check its OUT_FEATURES",
+        )
         out_strides = set()
         for f, s in zip(in_features, upsample_strides):
             if int(s) != s or s < 1 or shapes[f].stride % s:

@@ -1,4 +1,5 @@
-"""SECOND's BEV backbone (the plain PointPillars backbone) and the BN helper of the BEV models."""
+"""SECOND's BEV backbone (the plain PointPillars backbone) and the helpers of the BEV models: their
+BN and the check of the features a neck or head takes from a backbone."""
 
 import torch.nn.functional as F
 from fvcore.nn import weight_init
@@ -7,7 +8,7 @@ from torch import nn
 from detectron2.layers import Conv2d, FrozenBatchNorm2d, NaiveSyncBatchNorm, ShapeSpec, get_norm
 from detectron2.modeling import BACKBONE_REGISTRY, Backbone
 
-__all__ = ["get_bev_norm", "SECOND", "build_second_backbone"]
+__all__ = ["get_bev_norm", "check_in_features", "SECOND", "build_second_backbone"]
 
 
 def get_bev_norm(norm, eps=1e-3, momentum=0.01):
@@ -39,6 +40,17 @@ def get_bev_norm(norm, eps=1e-3, momentum=0.01):
     raise ValueError(
         f"unknown norm {norm!r}; use one of BN, naiveSyncBN, SyncBN, FrozenBN, GN or ''"
     )
+
+
+def check_in_features(key, in_features, shapes, producer, hint=""):
+    """Raise ValueError unless every name in ``in_features`` (the config list ``key``) is an
+    output of ``producer``, whose ``output_shape()`` is ``shapes``; ``hint`` ends the message."""
+    missing = [f for f in in_features if f not in shapes]
+    if missing:
+        raise ValueError(
+            f"{key} {list(in_features)} names {missing}, which {producer} does not output (it "
+            f"outputs {sorted(shapes)})" + (f"; {hint}" if hint else "")
+        )
 
 
 class SECOND(Backbone):
