@@ -54,22 +54,15 @@ def build_pillars_evaluator(cfg, dataset_name, output_folder=None):
     if output_folder is None:
         output_folder = os.path.join(cfg.OUTPUT_DIR, cfg.TEST.EVAL_OUTPUT_SUBDIR, dataset_name)
     evaluator_type = MetadataCatalog.get(dataset_name).get("evaluator_type", None)
+    common = dict(
+        output_dir=output_folder,
+        vis_num_samples=cfg.TEST.VIS_NUM_SAMPLES,
+        vis_score_thresh=cfg.TEST.VIS_SCORE_THRESH,
+    )
     if evaluator_type == "nuscenes":
-        return NuScenesEvaluator(
-            dataset_name,
-            output_dir=output_folder,
-            plot=cfg.TEST.NUSCENES_PLOTS,
-            vis_num_samples=cfg.TEST.VIS_NUM_SAMPLES,
-            vis_score_thresh=cfg.TEST.VIS_SCORE_THRESH,
-        )
+        return NuScenesEvaluator(dataset_name, plot=cfg.TEST.NUSCENES_PLOTS, **common)
     if evaluator_type == "lyft":
-        return LyftEvaluator(
-            dataset_name,
-            output_dir=output_folder,
-            method=cfg.TEST.LYFT_MAP_METHOD,
-            vis_num_samples=cfg.TEST.VIS_NUM_SAMPLES,
-            vis_score_thresh=cfg.TEST.VIS_SCORE_THRESH,
-        )
+        return LyftEvaluator(dataset_name, method=cfg.TEST.LYFT_MAP_METHOD, **common)
     raise ValueError(
         f"Dataset '{dataset_name}' has evaluator_type {evaluator_type!r}; d2_pillars evaluates "
         "'nuscenes' and 'lyft' datasets (register them with d2_pillars.data.register_nuscenes / "
