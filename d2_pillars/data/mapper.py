@@ -110,6 +110,18 @@ def _integer_array(record, value, what: str, length: int) -> np.ndarray:
     return a.astype(np.int64)
 
 
+def _require_boxes(record, ok: np.ndarray, problem: str, shown: np.ndarray) -> None:
+    """Raise, naming how many gt_boxes ``problem`` and the first one's row of ``shown`` (K, ...),
+    unless every entry of ``ok`` (K,) bool is True."""
+    if not ok.all():
+        bad = np.flatnonzero(~ok)
+        raise _record_error(
+            record,
+            f"{bad.size} of {ok.size} gt_boxes {problem} (first: index {bad[0]}, "
+            f"{shown[bad[0]].tolist()})",
+        )
+
+
 def _ground_truth_arrays(record, num_classes: Optional[int], need_num_points: bool):
     """Checked ``(boxes (K, 7|9) float32, labels (K,) int64, num_lidar_pts (K,) int64 | None)``."""
     try:
@@ -131,21 +143,9 @@ def _ground_truth_arrays(record, num_classes: Optional[int], need_num_points: bo
         num = _integer_array(record, record["num_lidar_pts"], "num_lidar_pts", k)
     if k:
         finite = np.isfinite(boxes).all(axis=1) & (np.abs(boxes).max(axis=1) < _MAX_BOX_VALUE)
-        if not finite.all():
-            bad = np.flatnonzero(~finite)
-            raise _record_error(
-                record,
-                f"{bad.size} of {k} gt_boxes hold NaN, inf or values beyond {_MAX_BOX_VALUE:g} "
-                f"(first: index {bad[0]}, {boxes[bad[0]].tolist()})",
-            )
-        positive = (boxes[:, 3:6] > 0).all(axis=1)
-        if not positive.all():
-            bad = np.flatnonzero(~positive)
-            raise _record_error(
-                record,
-                f"{bad.size} of {k} gt_boxes have a size (l, w, h) <= 0 (first: index {bad[0]}, "
-                f"{boxes[bad[0], 3:6].tolist()})",
-            )
+        _require_boxes(record, finite, f"hold NaN, inf or values beyond {_MAX_BOX_VALUE:g}", boxes)
+        sizes = boxes[:, 3:6]
+        _require_boxes(record, (sizes > 0).all(axis=1), "have a size (l, w, h) <= 0", sizes)
         upper = num_classes if num_classes is not None else np.iinfo(np.int64).max
         wrong = (labels < -1) | (labels >= upper)
         if wrong.any():
