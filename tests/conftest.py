@@ -1,5 +1,6 @@
 """Fixtures shared by the test packages."""
 
+import contextlib
 import pytest
 
 from detectron2.data import DatasetCatalog
@@ -7,6 +8,7 @@ from detectron2.data import DatasetCatalog
 from d2_pillars.data import register_lyft, register_nuscenes
 from d2_pillars.data.datasets import LYFT_SPEC, NUSCENES_SPEC, create_infos
 from d2_pillars.data.datasets.synthetic import make_synthetic_lyft, make_synthetic_nuscenes
+from d2_pillars.modeling.backbone import REGNETX_PRESETS
 
 # fmt -> (generator, info spec, version, (val split, train split), scene split, register)
 _FORMATS = {
@@ -40,3 +42,28 @@ def register_small_synthetic():
         return root
 
     return make
+
+
+@pytest.fixture(scope="session")
+def pycls_regnetx():
+    """``with pycls_regnetx(arch) as RegNet:`` inside the block pycls 0.1.1's global config holds
+    the ImageNet RegNetX preset ``arch`` ("400MF", "1.6GF", "3.2GF"; 1000 classes), so
+    ``RegNet()`` builds it and ``RegNet.get_args()`` gives its stage widths / depths; the config
+    is reset on leaving (pycls builds models from that global)."""
+
+    @contextlib.contextmanager
+    def configured(arch):
+        from pycls.core.config import cfg, reset_cfg
+        from pycls.models.regnet import RegNet
+
+        p = REGNETX_PRESETS[arch]
+        reset_cfg()
+        try:
+            cfg.MODEL.NUM_CLASSES = 1000
+            cfg.REGNET.DEPTH, cfg.REGNET.W0 = p["depth"], p["w0"]
+            cfg.REGNET.WA, cfg.REGNET.WM, cfg.REGNET.GROUP_W = p["wa"], p["wm"], p["group_width"]
+            yield RegNet
+        finally:
+            reset_cfg()
+
+    return configured

@@ -22,7 +22,6 @@ from d2_pillars.checkpoint import (
     RegNetCheckpointError,
 )
 from d2_pillars.checkpoint import checkpointer as checkpointer_module
-from d2_pillars.modeling.backbone import REGNETX_PRESETS
 from d2_pillars.structures import BOX_CONVENTION_VERSION
 
 
@@ -202,26 +201,18 @@ def test_pyth_that_is_not_a_regnet(tmp_path):
 # ------------------------------------------------------------------------------------------------ #
 # MODEL.WEIGHTS pointing at ImageNet RegNet files
 # ------------------------------------------------------------------------------------------------ #
-def _pycls_400mf_state(seed=3):
-    from pycls.core.config import cfg, reset_cfg
-    from pycls.models.regnet import RegNet
-
-    p = REGNETX_PRESETS["400MF"]
-    reset_cfg()
-    try:
-        cfg.MODEL.NUM_CLASSES = 1000
-        cfg.REGNET.DEPTH, cfg.REGNET.W0 = p["depth"], p["w0"]
-        cfg.REGNET.WA, cfg.REGNET.WM, cfg.REGNET.GROUP_W = p["wa"], p["wm"], p["group_width"]
+@pytest.fixture
+def pycls_400mf_state(pycls_regnetx):
+    """State dict of pycls's ImageNet RegNetX-400MF with random weights (seed 3)."""
+    with pycls_regnetx("400MF") as RegNet:
         model = RegNet()
-    finally:
-        reset_cfg()
-    return _random_like(model, seed).state_dict()
+    return _random_like(model, 3).state_dict()
 
 
 @pytest.mark.parametrize("fmt", ["pycls", "torchvision"])
-def test_weights_file_converted_on_load(tmp_path, fmt, regnet_pointpillars):
+def test_weights_file_converted_on_load(tmp_path, fmt, regnet_pointpillars, request):
     if fmt == "pycls":
-        arch, source = "400MF", _pycls_400mf_state()
+        arch, source = "400MF", request.getfixturevalue("pycls_400mf_state")
         path = str(tmp_path / "RegNetX-400MF_dds_8gpu.pyth")
         torch.save({"epoch": 99, "model_state": source}, path)
         # pycls name -> same name; torchvision would need renaming (checked below)
@@ -268,9 +259,9 @@ def test_weights_file_converted_on_load(tmp_path, fmt, regnet_pointpillars):
     assert changed and all(k.startswith(prefix) for k in changed)  # neck and head untouched
 
 
-def test_mismatched_weights_file_names_the_stage(tmp_path, regnet_pointpillars):
+def test_mismatched_weights_file_names_the_stage(tmp_path, regnet_pointpillars, pycls_400mf_state):
     path = str(tmp_path / "RegNetX-400MF_dds_8gpu.pyth")
-    torch.save({"model_state": _pycls_400mf_state()}, path)
+    torch.save({"model_state": pycls_400mf_state}, path)
     _, model = regnet_pointpillars("1.6GF")
     with pytest.raises(RegNetCheckpointError) as e:
         PillarsCheckpointer(model).load(path)
@@ -278,19 +269,21 @@ def test_mismatched_weights_file_names_the_stage(tmp_path, regnet_pointpillars):
     assert "stage s3 has 10 blocks in the config but 7 in SRC" in str(e.value)
 
 
-def test_regnet_file_into_a_model_without_regnet(tmp_path):
+def test_regnet_file_into_a_model_without_regnet(tmp_path, pycls_400mf_state):
     path = str(tmp_path / "RegNetX-400MF_dds_8gpu.pyth")
-    torch.save({"model_state": _pycls_400mf_state()}, path)
+    torch.save({"model_state": pycls_400mf_state}, path)
     with pytest.raises(RegNetCheckpointError) as e:
         PillarsCheckpointer(TinyDetector()).load(path)
     assert path in str(e.value) and "no RegNet backbone" in str(e.value)
 
 
-def test_converted_file_loads_through_pillars_checkpointer(tmp_path, regnet_pointpillars):
+def test_converted_file_loads_through_pillars_checkpointer(
+    tmp_path, regnet_pointpillars, pycls_400mf_state
+):
     from d2_pillars.checkpoint.regnet_converter import convert_to_model, save_converted_checkpoint
 
     _, model = regnet_pointpillars("400MF", "build_regnet_secfpn_backbone")
-    source = _pycls_400mf_state()
+    source = pycls_400mf_state
     state, report = convert_to_model(source, model.state_dict())
     path = str(tmp_path / "regnetx_400mf_bev.pth")
     save_converted_checkpoint(path, state, report)

@@ -59,23 +59,6 @@ def _randomize(model, seed):
     return model.eval()
 
 
-def build_pycls_regnet(arch, seed=0):
-    """pycls's own RegNetX (pycls 0.1.1 builds from its global config)."""
-    from pycls.core.config import cfg, reset_cfg
-    from pycls.models.regnet import RegNet
-
-    p = REGNETX_PRESETS[arch]
-    reset_cfg()
-    try:
-        cfg.MODEL.NUM_CLASSES = 1000
-        cfg.REGNET.DEPTH, cfg.REGNET.W0 = p["depth"], p["w0"]
-        cfg.REGNET.WA, cfg.REGNET.WM, cfg.REGNET.GROUP_W = p["wa"], p["wm"], p["group_width"]
-        model = RegNet()
-    finally:
-        reset_cfg()
-    return _randomize(model, seed)
-
-
 def build_torchvision_regnet(arch, seed=1):
     return _randomize(getattr(torchvision.models, TORCHVISION_NAMES[arch])(weights=None), seed)
 
@@ -117,12 +100,13 @@ def imagenet_like_bev_regnet(cfg):
 
 
 @pytest.fixture(scope="module")
-def sources(tmp_path_factory):
+def sources(tmp_path_factory, pycls_regnetx):
     """Native files: pycls ``.pyth`` ({"model_state", "epoch"}) and torchvision state dicts."""
     d = tmp_path_factory.mktemp("regnet_sources")
     out = {}
     for arch in ("400MF", "1.6GF"):
-        model = build_pycls_regnet(arch)
+        with pycls_regnetx(arch) as RegNet:
+            model = _randomize(RegNet(), seed=0)
         path = str(d / f"RegNetX-{arch}_dds_8gpu.pyth")
         torch.save({"epoch": 100, "model_state": model.state_dict()}, path)
         out[("pycls", arch)] = (model, path)

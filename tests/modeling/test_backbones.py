@@ -44,25 +44,13 @@ def _bns(module):
     return [m for m in module.modules() if isinstance(m, (nn.BatchNorm2d, FrozenBatchNorm2d))]
 
 
-def _pycls_regnet(preset):
-    """pycls 0.1.1's own ImageNet RegNet for a preset (pycls builds from its global config)."""
-    from pycls.core.config import cfg as pycls_cfg
-    from pycls.core.config import reset_cfg
-    from pycls.models.regnet import RegNet as PyclsRegNet
-
-    p = REGNETX_PRESETS[preset]
-    reset_cfg()
-    try:
-        pycls_cfg.REGNET.DEPTH = p["depth"]
-        pycls_cfg.REGNET.W0 = p["w0"]
-        pycls_cfg.REGNET.WA = p["wa"]
-        pycls_cfg.REGNET.WM = p["wm"]
-        pycls_cfg.REGNET.GROUP_W = p["group_width"]
+def _pycls_regnet(pycls_regnetx, preset):
+    """pycls 0.1.1's own ImageNet RegNet for a preset: (its get_args(), the model or, for the
+    large 3.2GF, None)."""
+    with pycls_regnetx(preset) as PyclsRegNet:
         args = PyclsRegNet.get_args()
         torch.manual_seed(0)
         model = PyclsRegNet() if preset != "3.2GF" else None
-    finally:
-        reset_cfg()
     return args, model
 
 
@@ -94,8 +82,8 @@ def _num_params(module):
 
 
 @pytest.mark.parametrize("preset", ["400MF", "1.6GF", "3.2GF"])
-def test_regnetx_presets_match_pycls_generator(preset):
-    args, _ = _pycls_regnet(preset)
+def test_regnetx_presets_match_pycls_generator(preset, pycls_regnetx):
+    args, _ = _pycls_regnet(pycls_regnetx, preset)
     p = REGNETX_PRESETS[preset]
     assert args["ws"] == p["widths"] and args["ds"] == p["depths"]
     assert [w // g for w, g in zip(args["ws"], args["gws"])] == p["groups"]
@@ -105,8 +93,8 @@ def test_regnetx_presets_match_pycls_generator(preset):
 
 
 @pytest.mark.parametrize("preset", ["400MF", "1.6GF"])
-def test_bev_regnet_stages_equal_pycls_model(preset):
-    _, pycls_model = _pycls_regnet(preset)
+def test_bev_regnet_stages_equal_pycls_model(preset, pycls_regnetx):
+    _, pycls_model = _pycls_regnet(pycls_regnetx, preset)
     stem_width = pycls_model.stem.conv.out_channels  # 32
     # pycls's input width and strides: s1.b1 then has pycls's stride-2 shortcut projection
     same_input = _bev_regnet(preset, stem_width, strides=(2, 2, 2, 2))
