@@ -149,25 +149,25 @@ def _to_boxes(boxes) -> LiDARBoxes:
     return LiDARBoxes(torch.as_tensor(_as_numpy(boxes), dtype=torch.float32))
 
 
+def _per_box(values, n: int, name: str, dtype, default) -> np.ndarray:
+    """(n,) ``dtype`` array of one ``name`` value per box, from an array / tensor / list; None:
+    all ``default``. Raises ValueError when the count is not ``n``."""
+    if values is None:
+        return np.full(n, default, dtype)
+    values = _as_numpy(values).astype(dtype).reshape(-1)
+    if values.shape[0] != n:
+        raise ValueError(f"{n} boxes but {values.shape[0]} {name}")
+    return values
+
+
 def _box_labels(labels, n: int) -> np.ndarray:
-    """(n,) int64 class indices of ``n`` boxes from an array / tensor / list; None: all 0."""
-    if labels is None:
-        return np.zeros(n, np.int64)
-    labels = _as_numpy(labels).astype(np.int64).reshape(-1)
-    if labels.shape[0] != n:
-        raise ValueError(f"{n} boxes but {labels.shape[0]} labels")
-    return labels
+    """(n,) int64 class indices; None: all 0."""
+    return _per_box(labels, n, "labels", np.int64, 0)
 
 
 def _box_scores(scores, n: int) -> np.ndarray:
-    """(n,) float64 scores of ``n`` boxes from an array / tensor / list; None: all 1.0 (boxes
-    without scores count as certain)."""
-    if scores is None:
-        return np.ones(n, np.float64)
-    scores = _as_numpy(scores).astype(np.float64).reshape(-1)
-    if scores.shape[0] != n:
-        raise ValueError(f"{n} boxes but {scores.shape[0]} scores")
-    return scores
+    """(n,) float64 scores; None: all 1.0 (boxes without scores count as certain)."""
+    return _per_box(scores, n, "scores", np.float64, 1.0)
 
 
 @dataclass
