@@ -99,9 +99,10 @@ def test_matches_numpy_reference(backend, case):
     assert all(torch.equal(a, b) for a, b in zip(again, (voxels, coords, num)))
 
 
-def nuscenes_voxelizer(backend, max_voxels=40000):
+def nuscenes_voxelizer(backend, max_voxels=40000, voxel_size=(0.25, 0.25, 8.0)):
+    """The nuScenes reference voxelizer (+-50 m, 4 point features) on ``backend``."""
     return Voxelizer(
-        voxel_size=[0.25, 0.25, 8.0],
+        voxel_size=list(voxel_size),
         point_cloud_range=[-50.0, -50.0, -5.0, 50.0, 50.0, 3.0],
         max_points_per_voxel=64,
         max_voxels=max_voxels,
@@ -167,25 +168,12 @@ def test_from_config():
 
 def test_bad_inputs():
     with pytest.raises(ValueError, match="whole"):
-        Voxelizer(
-            voxel_size=[0.3, 0.25, 8.0],
-            point_cloud_range=[-50.0, -50.0, -5.0, 50.0, 50.0, 3.0],
-            max_points_per_voxel=64,
-            max_voxels=10,
-            num_point_features=4,
-        )
+        nuscenes_voxelizer("auto", max_voxels=10, voxel_size=(0.3, 0.25, 8.0))
     vox = nuscenes_voxelizer("auto")
     with pytest.raises(ValueError, match="POINT_FEATURES"):
         vox(torch.zeros(5, 5))
     with pytest.raises(ValueError, match="backend"):
-        Voxelizer(
-            voxel_size=[0.25, 0.25, 8.0],
-            point_cloud_range=[-50.0, -50.0, -5.0, 50.0, 50.0, 3.0],
-            max_points_per_voxel=64,
-            max_voxels=10,
-            num_point_features=4,
-            backend="cuda",
-        )
+        nuscenes_voxelizer("cuda", max_voxels=10)
 
 
 def test_collate_voxels():
