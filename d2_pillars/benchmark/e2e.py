@@ -52,6 +52,7 @@ from ..data.mapper import PointCloudMapper
 from ..data.points import load_points
 from .common import (
     NUSCENES_VERSION,
+    PrecomputedBottomUp,
     has_nuscenes_dataset,
     median_time,
     print_json,
@@ -211,17 +212,6 @@ class _ModuleClock:
             h.remove()
 
 
-class _PrecomputedBottomUp(torch.nn.Module):
-    """Stands in for a neck's bottom-up network and returns features computed beforehand."""
-
-    def __init__(self, outputs):
-        super().__init__()
-        self.outputs = outputs
-
-    def forward(self, x):
-        return self.outputs
-
-
 @contextlib.contextmanager
 def _torch_threads(n):
     old = torch.get_num_threads()
@@ -325,7 +315,7 @@ def benchmark_inference(predictor, record, timer, profile=False):
     bottom_up = getattr(backbone, "bottom_up", None)
     if bottom_up is not None:
         timer("backbone", lambda: bottom_up(canvas))
-        backbone.bottom_up = _PrecomputedBottomUp(bottom_up(canvas))
+        backbone.bottom_up = PrecomputedBottomUp(bottom_up(canvas))
         try:
             timer("neck", lambda: backbone(canvas))
         finally:

@@ -24,7 +24,7 @@ from detectron2.modeling import META_ARCH_REGISTRY, build_backbone, build_model
 
 from ..config import add_pillars_config
 from ..modeling.pillar_encoder import PillarScatter, build_pillar_encoder, grid_size_from_range
-from .common import median_time, print_json, print_table, resolve_config_file
+from .common import PrecomputedBottomUp, median_time, print_json, print_table, resolve_config_file
 
 __all__ = ["add_arguments", "main", "make_synthetic_pillars", "benchmark_config"]
 
@@ -108,17 +108,6 @@ def _load_cfg(path, device):
     return cfg
 
 
-class _Precomputed(torch.nn.Module):
-    """Stands in for a neck's bottom-up network and returns features computed beforehand."""
-
-    def __init__(self, outputs):
-        super().__init__()
-        self.outputs = outputs
-
-    def forward(self, x):
-        return self.outputs
-
-
 def _num_params(module):
     return sum(p.numel() for p in module.parameters()) if module is not None else 0
 
@@ -181,7 +170,7 @@ def benchmark_config(cfg, args):
     if bottom_up is not None:
         latency["backbone"] = time_ms(lambda: bottom_up(canvas))
         # the neck alone: the wrapper's forward with its bottom-up part answering from a cache
-        backbone.bottom_up = _Precomputed(bottom_up(canvas))
+        backbone.bottom_up = PrecomputedBottomUp(bottom_up(canvas))
         try:
             latency["neck"] = time_ms(lambda: backbone(canvas))
         finally:
