@@ -1,6 +1,7 @@
 """Fixtures shared by the test packages."""
 
 import contextlib
+import logging
 import pytest
 
 from detectron2.data import DatasetCatalog
@@ -67,3 +68,29 @@ def pycls_regnetx():
             reset_cfg()
 
     return configured
+
+
+@pytest.fixture(scope="session")
+def capture_logs():
+    """``with capture_logs(logger, level=logging.DEBUG) as records:`` the ``LogRecord``s at
+    ``level`` or above that ``logger`` (a ``Logger`` or its name) handles inside the block,
+    whatever other tests did to propagation (detectron2's ``setup_logger`` turns it off for the
+    package logger); the logger's level is restored on leaving."""
+
+    @contextlib.contextmanager
+    def capture(logger, level=logging.DEBUG):
+        if isinstance(logger, str):
+            logger = logging.getLogger(logger)
+        records = []
+        handler = logging.Handler(level)
+        handler.emit = records.append
+        old_level = logger.level
+        logger.addHandler(handler)
+        logger.setLevel(level)
+        try:
+            yield records
+        finally:
+            logger.removeHandler(handler)
+            logger.setLevel(old_level)
+
+    return capture

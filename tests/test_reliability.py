@@ -61,24 +61,6 @@ CONFIG = os.path.join(REPO, "configs", "synthetic", "pointpillars_secfpn_cpu.yam
 LYFT_BAD_FILE = "host-a011_lidar1_1233090652702363606.bin"
 
 
-@contextlib.contextmanager
-def _capture(name):
-    """Records of logger ``name`` whatever other tests did to propagation (detectron2's
-    ``setup_logger`` turns it off for the package logger)."""
-    records = []
-    handler = logging.Handler(logging.DEBUG)
-    handler.emit = records.append
-    logger = logging.getLogger(name)
-    old = logger.level
-    logger.addHandler(handler)
-    logger.setLevel(logging.DEBUG)
-    try:
-        yield records
-    finally:
-        logger.removeHandler(handler)
-        logger.setLevel(old)
-
-
 def _messages(records, level=logging.WARNING):
     return [r.getMessage() for r in records if r.levelno >= level]
 
@@ -181,7 +163,7 @@ def test_missing_keyframe_and_sweep_files(tmp_path, cfg):
     assert rec["lidar_path"] in str(e.value) and "does not exist" in str(e.value)
 
 
-def test_nan_inf_points_are_dropped_with_a_count(tmp_path, cfg):
+def test_nan_inf_points_are_dropped_with_a_count(tmp_path, cfg, capture_logs):
     rng = np.random.default_rng(2)
     rec = _record(tmp_path, rng, sweeps=1)
     pts = np.fromfile(rec["lidar_path"], np.float32).reshape(-1, 5)
@@ -191,7 +173,7 @@ def test_nan_inf_points_are_dropped_with_a_count(tmp_path, cfg):
     pts[11, 3] = np.nan  # intensity only: still dropped when intensity is a feature
     pts.tofile(rec["lidar_path"])
     features = ("x", "y", "z", "intensity", "time_lag")
-    with _capture("d2_pillars.data.points") as records:
+    with capture_logs("d2_pillars.data.points") as records:
         out = load_points(rec, point_features=features, num_sweeps=1)
     total = 200 + 100
     assert out.shape == (total - 5, 5) and np.isfinite(out).all()
@@ -199,7 +181,7 @@ def test_nan_inf_points_are_dropped_with_a_count(tmp_path, cfg):
     # Through the mapper: finite voxels, same warning.
     cfg2 = cfg.clone()
     cfg2.INPUT.POINT_FEATURES = list(features)
-    with _capture("d2_pillars.data.points") as records:
+    with capture_logs("d2_pillars.data.points") as records:
         sample = PointCloudMapper(cfg2, is_train=True)(rec)
     assert torch.isfinite(sample["voxels"]).all() and len(sample["voxels"]) > 0
     assert any("Dropped 5 of" in m for m in _messages(records))
@@ -265,7 +247,7 @@ def _edit_table(tables_dir, name, edit):
 
 
 @pytest.fixture(scope="module")
-def damaged_lyft(tmp_path_factory):
+def damaged_lyft(tmp_path_factory, capture_logs):
     """A synthetic Lyft set whose tables hold 2 degenerate annotations (sizes 0 and < 0) and an
     unknown category ("animal" renamed "spaceship"), with its infos (warnings captured)."""
     root = make_synthetic_lyft(
@@ -291,7 +273,7 @@ def damaged_lyft(tmp_path_factory):
         lambda rows: [r.update(name="spaceship") for r in rows if r["name"] == "animal"],
     )
     out = str(tmp_path_factory.mktemp("lyft_damaged_infos"))
-    with _capture("d2_pillars.data.datasets.builder") as records:
+    with capture_logs("d2_pillars.data.datasets.builder") as records:
         paths = create_infos(
             LYFT_SPEC,
             root,

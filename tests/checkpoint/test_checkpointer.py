@@ -1,7 +1,6 @@
 """PillarsCheckpointer: box-convention stamp and check, atomic saves, weights_only loads, and
 RegNet conversion on load (MODEL.WEIGHTS naming a pycls .pyth or a torchvision file)."""
 
-import contextlib
 import logging
 import numpy as np
 import os
@@ -49,22 +48,6 @@ def _random_like(model, seed):
 
 def _states_equal(a, b):
     return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-
-
-@contextlib.contextmanager
-def _capture(logger):
-    """Collect records of ``logger`` whatever the propagation settings of other tests."""
-    records = []
-    handler = logging.Handler()
-    handler.emit = records.append
-    logger.addHandler(handler)
-    old_level = logger.level
-    logger.setLevel(logging.INFO)
-    try:
-        yield records
-    finally:
-        logger.removeHandler(handler)
-        logger.setLevel(old_level)
 
 
 # ------------------------------------------------------------------------------------------------ #
@@ -148,16 +131,16 @@ def test_other_box_convention_is_refused(tmp_path):
     assert _states_equal(model.state_dict(), source)
 
 
-def test_unversioned_checkpoint_with_head_weights_warns(tmp_path):
+def test_unversioned_checkpoint_with_head_weights_warns(tmp_path, capture_logs):
     source = _random_like(TinyDetector(), 0).state_dict()
     logger = logging.getLogger(checkpointer_module.__name__)
     full, backbone_only = str(tmp_path / "full.pth"), str(tmp_path / "backbone.pth")
     torch.save({"model": source}, full)
     torch.save({k: v for k, v in source.items() if k.startswith("backbone.")}, backbone_only)
-    with _capture(logger) as records:
+    with capture_logs(logger, logging.INFO) as records:
         PillarsCheckpointer(TinyDetector()).load(backbone_only)
     assert not [r for r in records if r.levelno >= logging.WARNING]
-    with _capture(logger) as records:
+    with capture_logs(logger, logging.INFO) as records:
         model = TinyDetector()
         PillarsCheckpointer(model).load(full)
     warnings = [r.getMessage() for r in records if r.levelno >= logging.WARNING]
@@ -210,7 +193,7 @@ def pycls_400mf_state(pycls_regnetx):
 
 
 @pytest.mark.parametrize("fmt", ["pycls", "torchvision"])
-def test_weights_file_converted_on_load(tmp_path, fmt, regnet_pointpillars, request):
+def test_weights_file_converted_on_load(tmp_path, fmt, regnet_pointpillars, request, capture_logs):
     if fmt == "pycls":
         arch, source = "400MF", request.getfixturevalue("pycls_400mf_state")
         path = str(tmp_path / "RegNetX-400MF_dds_8gpu.pyth")
@@ -237,7 +220,7 @@ def test_weights_file_converted_on_load(tmp_path, fmt, regnet_pointpillars, requ
     logger = logging.getLogger(checkpointer_module.__name__)
     ckpt = PillarsCheckpointer(model)
     ckpt.logger = logger
-    with _capture(logger) as records:
+    with capture_logs(logger, logging.INFO) as records:
         extra = ckpt.resume_or_load(path, resume=False)
     assert extra[BOX_CONVENTION_KEY] == BOX_CONVENTION_VERSION
     text = "\n".join(r.getMessage() for r in records)
