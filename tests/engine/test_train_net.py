@@ -81,6 +81,12 @@ def _metrics(output_dir):
         return [json.loads(line) for line in f if line.strip()]
 
 
+def _eval_json(output_dir, name):
+    """A JSON file the evaluation of the synthetic val split wrote under ``output_dir``."""
+    with open(os.path.join(output_dir, "inference", "synthetic_nus_mini_val", name)) as f:
+        return json.load(f)
+
+
 def _argv(output_dir, *extra):
     return ["--config-file", CONFIG] + list(extra) + TINY + ["OUTPUT_DIR", output_dir]
 
@@ -92,10 +98,8 @@ def test_train_then_eval_only_reproduces(datasets_root, tmp_path):
     records = _metrics(out)
     assert [r["iteration"] for r in records if "total_loss" in r][-1] == 2
     trained = [r for r in records if "nuscenes/mAP" in r][-1]
-    eval_dir = os.path.join(out, "inference", "synthetic_nus_mini_val")
-    results_file = os.path.join(eval_dir, "results_nusc.json")
-    with open(results_file) as f:
-        results = json.load(f)
+    results_file = os.path.join(out, "inference", "synthetic_nus_mini_val", "results_nusc.json")
+    results = _eval_json(out, "results_nusc.json")
     assert results["meta"]["use_lidar"] is True
     assert len(results["results"]) == 4  # 2 val scenes x 2 keyframes, every sample present
 
@@ -103,20 +107,14 @@ def test_train_then_eval_only_reproduces(datasets_root, tmp_path):
     out2 = str(tmp_path / "eval")
     weights = os.path.join(out, "model_final.pth")
     _run_train_net(_argv(out2, "--eval-only", "MODEL.WEIGHTS", weights), datasets_root)
-    with open(
-        os.path.join(out2, "inference", "synthetic_nus_mini_val", "metrics_summary.json")
-    ) as f:
-        summary = json.load(f)
+    summary = _eval_json(out2, "metrics_summary.json")
     assert summary["mean_ap"] == pytest.approx(trained["nuscenes/mAP"], abs=1e-9)
     assert summary["nd_score"] == pytest.approx(trained["nuscenes/NDS"], abs=1e-9)
 
     # --eval-only --results scores the results file without a model, to the same numbers.
     out3 = str(tmp_path / "score")
     _run_train_net(_argv(out3, "--eval-only", "--results", results_file), datasets_root)
-    with open(
-        os.path.join(out3, "inference", "synthetic_nus_mini_val", "metrics_summary.json")
-    ) as f:
-        rescored = json.load(f)
+    rescored = _eval_json(out3, "metrics_summary.json")
     assert rescored["nd_score"] == pytest.approx(summary["nd_score"], abs=1e-9)
 
 
@@ -179,10 +177,7 @@ def test_two_process_gloo_training_reaches_evaluator(datasets_root, tmp_path, mo
     opts = ["SOLVER.MAX_ITER", "2", "SOLVER.STEPS", "(1,)", "TEST.EVAL_PERIOD", "2"]
     args = _args(opts, output_dir=out, num_gpus=2)
     launch(_gloo_main, 2, args=(args,))
-    eval_dir = os.path.join(out, "inference", "synthetic_nus_mini_val")
-    with open(os.path.join(eval_dir, "results_nusc.json")) as f:
-        results = json.load(f)
-    assert len(results["results"]) == 4
+    assert len(_eval_json(out, "results_nusc.json")["results"]) == 4
     records = _metrics(out)
     assert any("nuscenes/mAP" in r for r in records)
     assert [r["iteration"] for r in records if "total_loss" in r][-1] == 1
