@@ -14,6 +14,7 @@ import logging
 import os
 import time
 
+from detectron2.utils.env import seed_all_rng
 from detectron2.utils.logger import setup_logger
 
 from ..data import DATASETS_ROOT
@@ -45,7 +46,9 @@ def prepare_synthetic_nuscenes(root, *, num_scenes=10, keyframes_per_scene=40, m
 def run_demo(config_file=DEMO_CONFIG, output_dir="output/demo", opts=()):
     """Run the demo; returns the summary dict that is printed as the last line."""
     start = time.time()
-    setup_logger(name="d2_pillars")
+    os.makedirs(output_dir, exist_ok=True)
+    # once per logger: each setup_logger call adds its own console handler
+    setup_logger(output=output_dir, name="d2_pillars")
     setup_logger(name="detectron2")
     root = os.path.join(DATASETS_ROOT, "synthetic_nuscenes")
     logger.info("[1/5] synthetic nuScenes dataset + infos under %s", root)
@@ -54,11 +57,11 @@ def run_demo(config_file=DEMO_CONFIG, output_dir="output/demo", opts=()):
     cfg = load_config(config_file, opts)
     cfg.OUTPUT_DIR = output_dir
     cfg.freeze()
-    os.makedirs(output_dir, exist_ok=True)
     with open(os.path.join(output_dir, "config.yaml"), "w") as f:
         f.write(cfg.dump())
-    setup_logger(output=output_dir, name="d2_pillars")
 
+    # as detectron2's default_setup does for train_net: weights, augmentation and worker seeds
+    seed_all_rng(None if cfg.SEED < 0 else cfg.SEED)
     logger.info("[2/5] training %s for %d iterations", config_file, cfg.SOLVER.MAX_ITER)
     trainer = PillarsTrainer(cfg)
     trainer.resume_or_load(resume=False)
