@@ -82,6 +82,10 @@ def add_pillars_config(cfg):
     _C.MODEL.PILLAR_FEATURE_NET.WITH_VOXEL_CENTER = True
     # Norm of the encoder: "BN" or "naiveSyncBN" (multi-GPU); eps/momentum as the reference.
     _C.MODEL.PILLAR_FEATURE_NET.NORM = "BN"
+    # Let the zero-padded slots of each pillar (MAX_POINTS_PER_VOXEL minus its points) enter the
+    # BN statistics and the max over points, exactly as the reference's HardVFE, with whose
+    # checkpoints and published numbers it is needed. False: valid points only.
+    _C.MODEL.PILLAR_FEATURE_NET.PADDED_SLOTS = True
     _C.MODEL.BN_EPS = 1e-3
     _C.MODEL.BN_MOMENTUM = 0.01
     # With several training processes, convert every BatchNorm to detectron2's naiveSyncBN
@@ -93,6 +97,20 @@ def add_pillars_config(cfg):
     # 8-14% less time in backbone + neck + head at inference, ~2% less per training iteration.
     # Off by default: not measured on CUDA.
     _C.MODEL.CHANNELS_LAST = False
+    # Inference back-end (README, "Deploy"): "torch" (eager) or "onnxruntime", which runs the
+    # network (pillar net .. head convolutions) exported by tools/deploy/export_model.py; the
+    # voxelization and the decode + NMS are the same code in both. "onnxruntime" is inference
+    # only and is registered by `import d2_pillars.deploy` (the tools import it). Its weights are
+    # those of the exported graph: MODEL.WEIGHTS is not read.
+    _C.MODEL.BACKEND = "torch"
+    _C.MODEL.ONNX = CN()
+    # The exported model.onnx, or the folder export_model.py wrote it to.
+    _C.MODEL.ONNX.PATH = ""
+    # onnxruntime execution providers, in order of preference. Empty: TensorRT, then CUDA when
+    # the installed onnxruntime has them, then CPU.
+    _C.MODEL.ONNX.PROVIDERS = []
+    # Intra-op threads of the onnxruntime session (0: onnxruntime's default, one per core).
+    _C.MODEL.ONNX.INTRA_OP_THREADS = 0
 
     # ---------------------------------------------------------------------------------------- #
     # BEV backbones and necks (MODEL.BACKBONE.NAME picks a builder, e.g. build_regnet_fpn_backbone)

@@ -2,9 +2,17 @@
 
 :class:`PillarFeatureNet` decorates every point of a pillar (offsets to the pillar's point mean and
 to its geometric centre, optionally the distance to the sensor), runs Linear-BN-ReLU layers and
-max-pools over the points of each pillar. Unlike the reference (mmdetection3d ``HardVFE``), it works
-on the *valid points only*: the padded slots of the ``(V, M, C)`` voxel tensor never enter the BN
-statistics or the max, and no ``(V, M, C')`` intermediate is ever allocated.
+max-pools over the points of each pillar. Two treatments of the zero-padded slots of the
+``(V, M, C)`` voxel tensor (``MODEL.PILLAR_FEATURE_NET.PADDED_SLOTS``):
+
+- ``True`` (the seed configs): exactly the reference (mmdetection3d ``HardVFE``), where every
+  padded slot is a zero row that goes through the layers, enters the BN statistics and the max
+  over the pillar. All padded rows of a pillar are equal, so one *virtual* row per non-full pillar,
+  weighted by its number of padded slots in the BN statistics, gives the same result;
+- ``False``: the valid points only (padded slots never enter the statistics or the max).
+
+Neither mode allocates a ``(V, M, C')`` intermediate; :meth:`PillarFeatureNet.forward_dense` is
+the dense formulation of both (inference only), the one that graph exporters trace.
 
 :class:`PillarScatter` writes the pillar features into a dense ``(B, C, ny, nx)`` canvas (H = y,
 W = x), the input of the BEV backbones.
@@ -12,11 +20,14 @@ W = x), the input of the BEV backbones.
 
 import numpy as np
 import torch
+from fvcore.nn.distributed import differentiable_all_reduce
+from torch import distributed as dist
 from torch import nn
 from torch.nn import functional as F
 
 from detectron2.config import configurable
 from detectron2.layers import NaiveSyncBatchNorm
+from detectron2.utils import comm
 from detectron2.utils.registry import Registry
 
 __all__ = [
@@ -26,6 +37,7 @@ __all__ = [
     "PillarScatter",
     "NaiveSyncBatchNorm1d",
     "segment_max",
+    "weighted_batch_norm",
     "grid_size_from_range",
 ]
 
@@ -83,6 +95,60 @@ class NaiveSyncBatchNorm1d(NaiveSyncBatchNorm):
         if input.dim() != 2:
             raise ValueError(f"NaiveSyncBatchNorm1d expects (N, C), got {tuple(input.shape)}")
         return super().forward(input[:, :, None, None])[:, :, 0, 0]
+
+
+def weighted_batch_norm(norm, x, pad, pad_counts, total_rows):
+    """
+    Training-mode batch norm over the rows of ``x`` plus rows ``pad[i]`` repeated
+    ``pad_counts[i]`` times, without materialising the repeats.
+
+    This is exactly the BN of the reference's ``(V, M, C)`` tensor in which every padded slot of a
+    pillar holds the same row. Statistics, running-stat updates (PyTorch's unbiased running
+    variance for ``BatchNorm1d``; detectron2's equal-weight mean / mean-of-squares all-reduce for
+    :class:`NaiveSyncBatchNorm1d` in multi-process training) and gradients are those of that BN.
+
+    Args:
+        norm (nn.Module): a ``BatchNorm1d`` or :class:`NaiveSyncBatchNorm1d` in training mode.
+        x (Tensor): (P, C) rows of weight 1.
+        pad (Tensor): (Q, C) rows of weight ``pad_counts``.
+        pad_counts (Tensor): (Q,) float, repeats of each pad row.
+        total_rows (int): ``P + sum(pad_counts)`` (V * M).
+
+    Returns:
+        tuple[Tensor, Tensor]: normalised ``x`` (P, C) and ``pad`` (Q, C), float32.
+    """
+    x, pad = x.float(), pad.float()
+    w = pad_counts.float()[:, None]
+    distributed = (
+        isinstance(norm, NaiveSyncBatchNorm) and dist.is_initialized() and comm.get_world_size() > 1
+    )
+    if distributed:
+        # detectron2's NaiveSyncBatchNorm: every worker's mean and E[x^2] weighted equally
+        mean = (x.sum(0) + (pad * w).sum(0)) / total_rows
+        meansqr = ((x * x).sum(0) + (pad * pad * w).sum(0)) / total_rows
+        vec = differentiable_all_reduce(torch.cat([mean, meansqr])) / comm.get_world_size()
+        mean, meansqr = torch.split(vec, x.shape[1])
+        var = meansqr - mean * mean
+        running_var = var
+    else:
+        mean = (x.sum(0) + (pad * w).sum(0)) / total_rows
+        var = (((x - mean) ** 2).sum(0) + (((pad - mean) ** 2) * w).sum(0)) / total_rows
+        running_var = var * (total_rows / max(total_rows - 1, 1))
+    if norm.track_running_stats:
+        with torch.no_grad():
+            momentum = norm.momentum if norm.momentum is not None else 0.0
+            norm.num_batches_tracked.add_(1)
+            if norm.momentum is None:  # cumulative average, as nn.BatchNorm
+                momentum = 1.0 / float(norm.num_batches_tracked)
+            norm.running_mean.mul_(1 - momentum).add_(mean.detach(), alpha=momentum)
+            norm.running_var.mul_(1 - momentum).add_(running_var.detach(), alpha=momentum)
+    scale = torch.rsqrt(var + norm.eps)
+    if norm.affine:
+        scale = scale * norm.weight
+    shift = -mean * scale
+    if norm.affine:
+        shift = shift + norm.bias
+    return x * scale + shift, pad * scale + shift
 
 
 def _norm_1d(norm, channels, eps, momentum):
@@ -169,6 +235,7 @@ class PillarFeatureNet(nn.Module):
         norm="BN",
         bn_eps=1e-3,
         bn_momentum=0.01,
+        padded_slots=False,
     ):
         """
         Args:
@@ -181,6 +248,8 @@ class PillarFeatureNet(nn.Module):
             with_distance (bool): add the point's Euclidean distance to the origin.
             norm (str): "BN" or "naiveSyncBN".
             bn_eps, bn_momentum (float): BN parameters (PyTorch momentum convention).
+            padded_slots (bool): let the zero-padded slots of each pillar enter the BN
+                statistics and the max, as the reference's ``HardVFE`` (see the module doc).
         """
         super().__init__()
         if in_channels < 3:
@@ -191,6 +260,7 @@ class PillarFeatureNet(nn.Module):
         self.with_cluster_center = with_cluster_center
         self.with_voxel_center = with_voxel_center
         self.with_distance = with_distance
+        self.padded_slots = bool(padded_slots)
         grid_size_from_range(point_cloud_range, voxel_size)  # validates the two
         # voxel centre = coord * size + (range_min + size / 2), per (x, y, z)
         self.register_buffer(
@@ -234,6 +304,7 @@ class PillarFeatureNet(nn.Module):
             "norm": pfn.NORM,
             "bn_eps": cfg.MODEL.BN_EPS,
             "bn_momentum": cfg.MODEL.BN_MOMENTUM,
+            "padded_slots": pfn.PADDED_SLOTS,
         }
 
     def _folded_weights(self, linear, norm):
@@ -280,7 +351,8 @@ class PillarFeatureNet(nn.Module):
     def forward(self, voxels, num_points, coords):
         """
         Args:
-            voxels (Tensor): (V, M, C) float; slots ``>= num_points[v]`` are padding (any value).
+            voxels (Tensor): (V, M, C) float; slots ``>= num_points[v]`` are padding (any value;
+                with ``padded_slots`` they count as zero rows, as the reference's zero padding).
             num_points (Tensor): (V,) int, points per pillar.
             coords (Tensor): (V, 4) int, (batch, z, y, x) cell of each pillar.
 
@@ -300,27 +372,47 @@ class PillarFeatureNet(nn.Module):
         if pillar_ids.numel() == 0:
             return voxels.new_zeros(num_voxels, self.out_channels)
         points = voxels[pillar_ids, slot_ids]  # (P, C), the valid points only
+        # Pillars with padded slots, and how many: one virtual zero row stands for all of them.
+        pad_ids = pad_counts = None
+        if self.padded_slots:
+            pad_ids = (num_points < max_points).nonzero(as_tuple=True)[0]
+            pad_counts = (max_points - num_points.index_select(0, pad_ids)).to(voxels.dtype)
         if not self.training and not torch.is_grad_enabled():
-            return self._inference_blocked(points, pillar_ids, num_points, coords)
+            return self._inference_blocked(points, pillar_ids, num_points, coords, pad_ids)
         x = self.decorate(points, pillar_ids, num_points, coords)
+        # the virtual padded rows: zero decorated features, as the reference masks them
+        pad = None if pad_ids is None else x.new_zeros(pad_ids.shape[0], x.shape[1])
 
         pillar_max = None
         for linear, norm in zip(self.linears, self.norms):
             weight, bias = self._folded_weights(linear, norm)
             if pillar_max is None:
                 x = F.linear(x, weight, bias)
+                pad = None if pad is None else F.linear(pad, weight, bias)
             else:
                 # linear([x, pillar_max[pillar_ids]]) without building the (P, 2C) concatenation
                 c = x.shape[1]
+                max_term = F.linear(pillar_max, weight[:, c:])
                 x = F.linear(x, weight[:, :c], bias)
-                x += F.linear(pillar_max, weight[:, c:]).index_select(0, pillar_ids)
+                x += max_term.index_select(0, pillar_ids)
+                if pad is not None:
+                    pad = F.linear(pad, weight[:, :c], bias) + max_term.index_select(0, pad_ids)
             if self.training:
-                x = norm(x)
+                if pad is None:
+                    x = norm(x)
+                else:
+                    x, pad = weighted_batch_norm(norm, x, pad, pad_counts, num_voxels * max_points)
             x = F.relu(x, inplace=True)
-            pillar_max = segment_max(x, pillar_ids, num_voxels)
+            if pad is None:
+                pillar_max = segment_max(x, pillar_ids, num_voxels)
+            else:
+                pad = F.relu(pad)
+                pillar_max = segment_max(
+                    torch.cat([x, pad]), torch.cat([pillar_ids, pad_ids]), num_voxels
+                )
         return pillar_max
 
-    def _inference_blocked(self, points, pillar_ids, num_points, coords):
+    def _inference_blocked(self, points, pillar_ids, num_points, coords, pad_ids=None):
         """
         The eval-mode forward without autograd, over blocks of ``inference_chunk`` points.
 
@@ -330,13 +422,14 @@ class PillarFeatureNet(nn.Module):
         (50 MB each for a 10-sweep nuScenes frame) being page-faulted in on every call. This
         halves the pillar net's time on the CPU. Layer k needs the pillar max of layer k - 1,
         so pass k recomputes layers 1..k per block (layer 1, 10 -> 64, is cheap); the pillar
-        max term of the concatenation is computed once per pillar.
+        max term of the concatenation is computed once per pillar. With ``pad_ids`` (pillars
+        that have padded slots) the one virtual padded row of each such pillar joins the max.
         """
         num_voxels = num_points.shape[0]
         refs = self._pillar_refs(points, pillar_ids, num_points, coords)
         weights = [self._folded_weights(lin, norm) for lin, norm in zip(self.linears, self.norms)]
         chunk = max(1, int(self.inference_chunk))
-        pillar_max, pillar_terms = None, []
+        pillar_max, pillar_terms, pad = None, [], None
         for k, (weight, bias) in enumerate(weights):
             if k > 0:
                 # linear([x, pillar_max[ids]]) = x @ W_x^T + (pillar_max @ W_max^T + b)[ids]
@@ -356,7 +449,64 @@ class PillarFeatureNet(nn.Module):
                     x = F.relu(x, inplace=True)
                 # ReLU outputs are >= 0, so the zero initial value never wins a non-empty max
                 out.scatter_reduce_(0, ids[:, None].expand(-1, x.shape[1]), x, "amax")
+            if pad_ids is not None and pad_ids.numel() > 0:
+                # the padded row of layer k: zeros through layer 0, then [pad, pillar max]
+                if k == 0:
+                    pad = F.relu(bias).expand(pad_ids.shape[0], -1).contiguous()
+                else:
+                    term = pillar_terms[k - 1].index_select(0, pad_ids)
+                    pad = F.relu(torch.addmm(term, pad, weight[:, : pad.shape[1]].t()))
+                out.scatter_reduce_(0, pad_ids[:, None].expand(-1, pad.shape[1]), pad, "amax")
             pillar_max = out
+        return pillar_max
+
+    def forward_dense(self, voxels, num_points, coords):
+        """
+        Inference on the dense ``(V, M, C)`` voxel tensor, as the reference computes it.
+
+        The same features as :meth:`forward` in eval mode (both padded-slot modes), written with
+        dense per-pillar operations only (no data-dependent shapes besides V), for graph
+        exporters (ONNX) and as an independent formulation for tests. Allocates ``(V, M, C')``.
+
+        Args:
+            voxels (Tensor): (V, M, C) float; slots ``>= num_points[v]`` are padding.
+            num_points (Tensor): (V,) int, points per pillar (>= 1).
+            coords (Tensor): (V, 4) int, (batch, z, y, x).
+
+        Returns:
+            Tensor: (V, out_channels).
+        """
+        if self.training:
+            raise RuntimeError("forward_dense is inference only: call model.eval() first")
+        max_points = voxels.shape[1]
+        valid = torch.arange(max_points, device=voxels.device)[None, :] < num_points[:, None]
+        valid = valid[:, :, None]  # (V, M, 1)
+        mask = valid.to(voxels.dtype)
+        voxels = torch.where(valid, voxels, torch.zeros_like(voxels))  # any padding value -> 0
+        xyz = voxels[:, :, :3]
+        parts = [voxels]
+        if self.with_cluster_center:
+            count = num_points.to(voxels.dtype).clamp(min=1)[:, None]
+            mean = (xyz * mask).sum(dim=1) / count
+            parts.append(xyz - mean[:, None, :])
+        if self.with_voxel_center:
+            cells = coords[:, [3, 2, 1]].to(voxels.dtype)
+            parts.append(xyz - (cells * self.voxel_size + self.center_offset)[:, None, :])
+        if self.with_distance:
+            parts.append(torch.linalg.vector_norm(xyz, dim=2, keepdim=True))
+        x = torch.cat(parts, dim=2) * mask  # padded slots are zero rows, as in the reference
+        pillar_max = None
+        for linear, norm in zip(self.linears, self.norms):
+            weight, bias = self._folded_weights(linear, norm)
+            if pillar_max is None:
+                x = F.linear(x, weight, bias)
+            else:
+                c = x.shape[2]
+                x = F.linear(x, weight[:, :c]) + F.linear(pillar_max, weight[:, c:], bias)[:, None]
+            x = F.relu(x)
+            if not self.padded_slots:
+                x = x * mask  # ReLU outputs are >= 0: zero rows never win the max
+            pillar_max = x.max(dim=1).values
         return pillar_max
 
 

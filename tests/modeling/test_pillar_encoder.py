@@ -1,3 +1,4 @@
+import copy
 import numpy as np
 import pytest
 import torch
@@ -102,6 +103,7 @@ def _randomize_bn(pfn, seed=1):
             norm.bias.copy_(torch.randn(norm.num_features, generator=g) * 0.1)
             norm.running_mean.copy_(torch.randn(norm.num_features, generator=g) * 0.1)
             norm.running_var.copy_(torch.rand(norm.num_features, generator=g) + 0.5)
+    return pfn
 
 
 @pytest.mark.parametrize("feat_channels", [[8], [8, 6], [8, 8, 5]])
@@ -309,3 +311,71 @@ def test_scatter_places_features_at_y_x():
     assert canvas[1, :, 1, 3].equal(feats[2].detach())
     canvas.sum().backward()
     assert torch.equal(feats.grad, torch.ones_like(feats))
+
+
+def _hardvfe_reference(pfn, voxels, num_points, coords):
+    """The reference's HardVFE written densely on (V, M, C), the padded slots as zero rows that
+    go through every layer, the BN statistics (training) and the max."""
+    max_points = voxels.shape[1]
+    mask = (torch.arange(max_points)[None, :] < num_points[:, None].long())[..., None]
+    voxels = torch.where(mask, voxels, torch.zeros_like(voxels))
+    xyz = voxels[..., :3]
+    mean = xyz.sum(1) / num_points[:, None].float()
+    center = coords[:, [3, 2, 1]].float() * torch.tensor(VOXEL) + torch.tensor(RANGE[:3])
+    center = center + torch.tensor(VOXEL) / 2
+    x = torch.cat([voxels, xyz - mean[:, None], xyz - center[:, None]], 2) * mask
+    for i, (linear, norm) in enumerate(zip(pfn.linears, pfn.norms)):
+        x = torch.relu(norm(linear(x).permute(0, 2, 1)).permute(0, 2, 1))
+        pillar_max = x.max(1, keepdim=True).values
+        if i < len(pfn.linears) - 1:
+            x = torch.cat([x, pillar_max.expand(-1, max_points, -1)], 2)
+    return pillar_max[:, 0]
+
+
+@pytest.mark.parametrize("feat_channels", [[8], [8, 6]])
+def test_padded_slots_equal_the_reference_hardvfe_in_training(feat_channels):
+    """Outputs, parameter gradients and BN running statistics of the virtual-row implementation
+    equal the dense reference (padding rows in BN statistics and max)."""
+    voxels, num_points, coords = _make_pillars(num_pillars=40, max_points=6)
+    ours = _randomize_bn(_pfn(feat_channels=feat_channels, padded_slots=True)).train()
+    ref = copy.deepcopy(ours)
+    out = ours(voxels, num_points, coords)
+    expected = _hardvfe_reference(ref, voxels, num_points, coords)
+    torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-5)
+    weights = torch.randn_like(out)
+    (out * weights).sum().backward()
+    (expected * weights).sum().backward()
+    for (name, p), q in zip(ours.named_parameters(), ref.parameters()):
+        torch.testing.assert_close(p.grad, q.grad, rtol=1e-4, atol=1e-5, msg=name)
+    for a, b in zip(ours.norms, ref.norms):
+        torch.testing.assert_close(a.running_mean, b.running_mean)
+        torch.testing.assert_close(a.running_var, b.running_var)
+        assert int(a.num_batches_tracked) == int(b.num_batches_tracked) == 1
+
+
+@pytest.mark.parametrize("padded_slots", [False, True])
+@pytest.mark.parametrize("chunk", [3, 8192])
+def test_eval_paths_and_dense_forward_agree(padded_slots, chunk):
+    voxels, num_points, coords = _make_pillars(num_pillars=40, max_points=6)
+    pfn = _randomize_bn(_pfn(feat_channels=[8, 6], padded_slots=padded_slots)).eval()
+    pfn.inference_chunk = chunk
+    with torch.no_grad():
+        blocked = pfn(voxels, num_points, coords)
+        dense = pfn.forward_dense(voxels, num_points, coords)
+    one_pass = pfn(voxels, num_points, coords)  # grad enabled: the one-pass forward
+    torch.testing.assert_close(blocked, dense, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(one_pass, dense, rtol=1e-5, atol=1e-5)
+    if padded_slots:
+        expected = _hardvfe_reference(pfn, voxels, num_points, coords)
+        torch.testing.assert_close(dense, expected, rtol=1e-5, atol=1e-5)
+    else:
+        padded = copy.deepcopy(pfn)
+        padded.padded_slots = True
+        with torch.no_grad():
+            assert not torch.allclose(padded(voxels, num_points, coords), blocked)
+
+
+def test_dense_forward_is_inference_only():
+    voxels, num_points, coords = _make_pillars()
+    with pytest.raises(RuntimeError, match="eval"):
+        _pfn().train().forward_dense(voxels, num_points, coords)
