@@ -11,6 +11,13 @@ from ..structures import LiDARBoxes
 __all__ = ["Anchor3DGenerator"]
 
 
+def _cell_centres(low: torch.Tensor, high: torch.Tensor, cells: int) -> torch.Tensor:
+    """Centres of ``cells`` equal cells on ``[low, high]`` (0-d float32 tensors), in float32 as
+    the reference's ``AlignedAnchor3DRangeGenerator`` computes them (``align_corner=False``)."""
+    edges = torch.linspace(low, high, cells + 1, dtype=torch.float32, device=low.device)
+    return (edges + (edges[1] - edges[0]) / 2)[:cells]
+
+
 class Anchor3DGenerator(nn.Module):
     """
     Anchors on an aligned grid (mmdetection3d ``AlignedAnchor3DRangeGenerator``,
@@ -98,18 +105,19 @@ class Anchor3DGenerator(nn.Module):
         sizes = torch.tensor(self.sizes, dtype=torch.float32, device=device) * scale  # (S, 3)
         ranges = torch.tensor(self.ranges, dtype=torch.float64, device=device)  # (S, 6)
         rots = torch.tensor(self.rotations, dtype=torch.float32, device=device)  # (R,)
-        # Centres in float64, then float32 (exact for the usual ranges and grid sizes).
-        ix = torch.arange(width, dtype=torch.float64, device=device) + 0.5
-        iy = torch.arange(height, dtype=torch.float64, device=device) + 0.5
-        xs = ranges[:, 0] + ix[:, None] * (ranges[:, 3] - ranges[:, 0]) / width  # (W, S)
-        ys = ranges[:, 1] + iy[:, None] * (ranges[:, 4] - ranges[:, 1]) / height  # (H, S)
+        # Centres computed in float32 exactly as the reference does (cell edges by linspace, then
+        # half a cell): for a range like +-49.6 m the values differ from the exact centres by an
+        # ulp, which decides ties of the anchor assignment.
+        ranges32 = ranges.float()
+        xs = torch.stack([_cell_centres(r[0], r[3], width) for r in ranges32], dim=1)  # (W, S)
+        ys = torch.stack([_cell_centres(r[1], r[4], height) for r in ranges32], dim=1)  # (H, S)
         z_bottom = (ranges[:, 2] + ranges[:, 5]) / 2
         zs = z_bottom.float() + sizes[:, 2] / 2  # (S,)
 
         num_s, num_r = sizes.shape[0], rots.shape[0]
         shape = (height, width, num_s, num_r)
-        x = xs.float()[None, :, :, None].expand(shape)
-        y = ys.float()[:, None, :, None].expand(shape)
+        x = xs[None, :, :, None].expand(shape)
+        y = ys[:, None, :, None].expand(shape)
         z = zs[None, None, :, None].expand(shape)
         dims = sizes[None, None, :, None, :].expand(*shape, 3)
         yaw = rots[None, None, None, :].expand(shape)
