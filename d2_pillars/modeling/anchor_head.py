@@ -28,6 +28,7 @@ __all__ = [
     "Anchor3DHead",
     "match_anchors",
     "permute_to_N_HWA_K",
+    "DIR_OFFSET_KEY",
 ]
 
 logger = logging.getLogger(__name__)
@@ -188,6 +189,28 @@ def _put_scalar(name: str, value: float):
     storage.put_scalar(name, value)
 
 
+#: State-dict entry (under the head's prefix) holding the direction offset in radians.
+DIR_OFFSET_KEY = "dir_offset"
+
+
+def _save_dir_offset(module, state_dict, prefix, local_metadata):
+    state_dict[prefix + DIR_OFFSET_KEY] = torch.tensor(module.dir_offset, dtype=torch.float64)
+
+
+def _load_dir_offset(module, state_dict, prefix, local_metadata, *args):
+    value = state_dict.pop(prefix + DIR_OFFSET_KEY, None)
+    if value is None:
+        return
+    value = float(value)
+    if abs(value - module.dir_offset) > 1e-9:
+        logger.info(
+            f"Direction offset {value:.7f} rad from the checkpoint replaces the config's "
+            f"MODEL.ANCHOR3D_HEAD.DIR_OFFSET {module.dir_offset:.7f} (the weights were trained "
+            "with it)"
+        )
+    module.dir_offset = value
+
+
 @ANCHOR3D_HEAD_REGISTRY.register()
 class Anchor3DHead(nn.Module):
     """
@@ -280,6 +303,11 @@ class Anchor3DHead(nn.Module):
             nn.init.constant_(conv.bias, 0.0)
         nn.init.constant_(self.conv_cls.bias, -math.log((1 - prior_prob) / prior_prob))
         self._anchor_bev_cache: Dict[Tuple, Tensor] = {}
+        # The direction offset belongs to the weights (a checkpoint converted from another box
+        # convention carries its own): saved in the state dict, and taken from a checkpoint that
+        # has it. Checkpoints without it keep the config's value.
+        self._register_state_dict_hook(_save_dir_offset)
+        self._register_load_state_dict_pre_hook(_load_dir_offset, with_module=True)
 
     @classmethod
     def from_config(cls, cfg, input_shapes: List[ShapeSpec]):
