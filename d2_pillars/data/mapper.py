@@ -389,12 +389,47 @@ class PointCloudMapper:
             linear=None if transform is None else transform.linear,
             offset=None if transform is None else transform.offset,
         )
+        out.update(self._voxelize(points, rng))
+        return out
+
+    def _voxelize(self, points: np.ndarray, rng) -> dict:
         points = self._range_filter_and_shuffle(points, rng)
         points_t = torch.from_numpy(points)
         voxels, coords, num_points = self.voxelizer(points_t)
-        out["voxels"] = voxels
-        out["voxel_coords"] = coords
-        out["voxel_num_points"] = num_points
+        out = {"voxels": voxels, "voxel_coords": coords, "voxel_num_points": num_points}
         if self.keep_points:
             out["points"] = points_t
         return out
+
+    def prepare_points(self, points) -> dict:
+        """
+        The mapper's point pipeline for a cloud the caller already has: range filter (strict),
+        shuffle in training, voxelization; no loading, sweeps, augmentation or ground truth.
+
+        Args:
+            points (ndarray or Tensor): (N, C) float, in the keyframe LiDAR frame, with the
+                columns of ``INPUT.POINT_FEATURES`` (x, y, z first).
+
+        Returns:
+            dict: ``voxels`` (V, M, C), ``voxel_coords`` (V, 3) (z, y, x), ``voxel_num_points``
+            (V,) (and ``points`` with ``INPUT.KEEP_POINTS``), a model input without metadata.
+
+        Raises:
+            ValueError: if the array is not (N, C) with the config's C, or holds NaN / inf.
+        """
+        if isinstance(points, torch.Tensor):
+            points = points.detach().cpu().numpy()
+        points = np.ascontiguousarray(points, dtype=np.float32)
+        num_features = len(self.point_features)
+        if points.ndim != 2 or points.shape[1] != num_features:
+            raise ValueError(
+                f"points must be an (N, {num_features}) array with the columns "
+                f"{list(self.point_features)} (INPUT.POINT_FEATURES), got shape {points.shape}"
+            )
+        if not np.isfinite(points).all():
+            bad = int((~np.isfinite(points)).any(axis=1).sum())
+            raise ValueError(
+                f"points hold {bad} rows with NaN or inf values; drop them (e.g. "
+                "points[np.isfinite(points).all(axis=1)]) before calling the predictor"
+            )
+        return self._voxelize(points, self._rng())
