@@ -3,6 +3,9 @@
 
 - ``MODEL.WEIGHTS`` may name a pycls ``.pyth`` or a torchvision RegNet file: it is converted onto
   the model's RegNet on load (:mod:`.regnet_converter`), with a table of what was mapped.
+- ``MODEL.WEIGHTS`` may name an mmdetection3d PointPillars checkpoint: it is converted on load
+  (:mod:`.mmdet3d_converter`, convention from its ``mmdet3d_version``), as
+  ``tools/convert_mmdet3d.py`` would.
 - Checkpoints record the box convention (``d2_pillars.structures.BOX_CONVENTION_VERSION``) under
   ``"box_convention_version"``; loading one of another version is an error naming the file.
 - Saves are atomic (temporary file + rename), so an interrupted save never leaves a truncated
@@ -21,6 +24,13 @@ from detectron2.checkpoint import DetectionCheckpointer
 from d2_pillars.structures import BOX_CONVENTION_VERSION
 from d2_pillars.utils.file_io import RestrictedUnpickler, atomic_open
 
+from .mmdet3d_converter import (
+    convert_mmdet3d_to_model,
+    format_mmdet3d_report,
+    is_mmdet3d_state_dict,
+    load_torch_file,
+    make_mmdet3d_checkpoint,
+)
 from .regnet_converter import (
     CONVERTER_AUTHOR,
     RegNetCheckpointError,
@@ -71,6 +81,23 @@ def check_box_convention(checkpoint: dict, filename: str, model_keys=()) -> None
             "decoded into wrong boxes. Use a checkpoint trained with this version (retrain, or "
             f"evaluate it with the d2_pillars release of version {version!r})."
         )
+
+
+def _is_mmdet3d_checkpoint(obj) -> bool:
+    state = obj.get("state_dict", obj) if isinstance(obj, dict) else None
+    return is_mmdet3d_state_dict(state)
+
+
+def load_mmdet3d_or_weights_file(filename: str):
+    """``torch.load`` with ``weights_only=True``; a file refused by it is read again only if it is
+    an mmdetection3d checkpoint (whose training state may pickle other objects, left inert)."""
+    try:
+        return load_weights_file(filename)
+    except RegNetCheckpointError:
+        obj = load_torch_file(filename)
+        if not _is_mmdet3d_checkpoint(obj):
+            raise
+        return obj
 
 
 class PillarsCheckpointer(DetectionCheckpointer):
@@ -128,9 +155,11 @@ class PillarsCheckpointer(DetectionCheckpointer):
         if filename.endswith(".pkl"):
             data = self._load_pkl(filename)
         else:
-            obj = load_weights_file(filename)
+            obj = load_mmdet3d_or_weights_file(filename)
             fmt = detect_source_format(obj)
-            if fmt is not None:
+            if _is_mmdet3d_checkpoint(obj):
+                data = self._convert_mmdet3d(obj, filename)
+            elif fmt is not None:
                 data = self._convert_regnet(obj, fmt, filename)
             elif filename.endswith(".pyth"):
                 raise RegNetCheckpointError(
@@ -146,6 +175,15 @@ class PillarsCheckpointer(DetectionCheckpointer):
                     f"{filename} holds a {type(obj).__name__}, not a checkpoint dict."
                 )
         check_box_convention(data, filename, self.model.state_dict().keys())
+        return data
+
+    def _convert_mmdet3d(self, obj, filename: str) -> dict:
+        state, report = convert_mmdet3d_to_model(obj, self.model, path=filename)
+        self.logger.info(
+            f"Converted mmdetection3d checkpoint {filename}:\n" + format_mmdet3d_report(report)
+        )
+        data = make_mmdet3d_checkpoint(state, report, filename)
+        data["__author__"] = data["__author__"] + " (on load)"
         return data
 
     def _convert_regnet(self, obj, fmt: str, filename: str) -> dict:
