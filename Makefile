@@ -5,7 +5,7 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 VPY := $(VENV)/bin/python
 STAMP := $(VENV)/.d2_pillars-installed
-DEPS := requirements.txt requirements-nodeps.txt requirements-dev.txt setup.py tools/install_detectron2.py
+DEPS := requirements.txt requirements-nodeps.txt requirements-dev.txt requirements-deploy.txt setup.py tools/install_detectron2.py
 
 .PHONY: demo test lint format venv clean-venv
 
@@ -15,7 +15,7 @@ $(STAMP): $(DEPS)
 	@test -x $(VPY) || $(PYTHON) -m venv $(VENV)
 	$(VPY) -m pip install -q --upgrade pip wheel "setuptools<81"
 	$(VPY) -m pip install -q torch==2.14.1 torchvision==0.29.1
-	$(VPY) -m pip install -q -r requirements.txt -r requirements-dev.txt
+	$(VPY) -m pip install -q -r requirements.txt -r requirements-dev.txt -r requirements-deploy.txt
 	$(VPY) -m pip install -q --no-deps -r requirements-nodeps.txt pycls==0.1.1
 	$(VPY) tools/install_detectron2.py
 	$(VPY) -m pip install -q --no-deps --no-build-isolation -e .

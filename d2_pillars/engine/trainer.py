@@ -12,6 +12,7 @@ from detectron2.modeling import build_model
 from detectron2.solver.build import get_default_optimizer_params, maybe_add_gradient_clipping
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
+from detectron2.utils.registry import Registry
 
 from ..checkpoint import PillarsCheckpointer
 from ..data import build_pillars_test_loader, build_pillars_train_loader
@@ -19,19 +20,44 @@ from ..evaluation import LyftEvaluator, NuScenesEvaluator
 from .amp import build_step_trainer
 from .sync_bn import convert_to_naive_sync_bn
 
-__all__ = ["PillarsTrainer", "build_pillars_evaluator", "build_pillars_model", "wrap_ddp"]
+__all__ = [
+    "PillarsTrainer",
+    "build_pillars_evaluator",
+    "build_pillars_model",
+    "wrap_ddp",
+    "INFERENCE_BACKEND_REGISTRY",
+]
 
 logger = logging.getLogger(__name__)
 
+INFERENCE_BACKEND_REGISTRY = Registry("INFERENCE_BACKEND")
+INFERENCE_BACKEND_REGISTRY.__doc__ = """
+Inference back-ends other than eager torch, selected by ``MODEL.BACKEND``. Each entry is called as
+``obj(cfg)`` and returns an inference-only ``nn.Module`` with the meta-architecture's interface
+(``model(list of mapper dicts) -> [{"instances": Instances}]``). ``d2_pillars.deploy`` registers
+"onnxruntime" when it is imported (the engine never imports it: it sits above the engine).
+"""
+
 
 def build_pillars_model(cfg):
-    """``detectron2.modeling.build_model`` plus naive sync BN when several processes train.
+    """``detectron2.modeling.build_model`` plus naive sync BN when several processes train; with a
+    ``MODEL.BACKEND`` other than "torch", the inference module of that back-end
+    (:data:`INFERENCE_BACKEND_REGISTRY`).
 
     On CPU it also makes the process flush denormal floats to zero: x86 arithmetic on denormals is
     10-100x slower, and tiny activations (e.g. in eval mode before BN statistics settle) hit it.
     """
     if torch.device(cfg.MODEL.DEVICE).type == "cpu":
         torch.set_flush_denormal(True)
+    backend = cfg.MODEL.BACKEND
+    if backend != "torch":
+        if backend not in INFERENCE_BACKEND_REGISTRY:
+            raise KeyError(
+                f"MODEL.BACKEND {backend!r} is not registered (known: 'torch', "
+                f"{', '.join(repr(k) for k, _ in INFERENCE_BACKEND_REGISTRY) or 'none'}); the "
+                "'onnxruntime' back-end is registered by `import d2_pillars.deploy`"
+            )
+        return INFERENCE_BACKEND_REGISTRY.get(backend)(cfg)
     model = build_model(cfg)
     if comm.get_world_size() > 1 and cfg.MODEL.SYNC_BN_MULTI_PROCESS:
         model = convert_to_naive_sync_bn(model)

@@ -1,0 +1,153 @@
+"""The exportable network: pillars in, raw head outputs out, one sample.
+
+:class:`PillarsNetwork` wraps the modules of a trained :class:`~d2_pillars.modeling.PointPillars`
+(shared, not copied, except for the memory-format change on the copy made by
+:func:`exportable_copy`) into a module whose ``forward`` uses only operations with static shapes
+besides the number of pillars V:
+
+- the pillar net through :meth:`PillarFeatureNet.forward_dense` (the dense ``(V, M, C)``
+  formulation of the eval-mode pillar net, both padded-slot modes);
+- the scatter through :class:`PillarScatter` in its channels-last formulation: one
+  ``index_put`` of the ``(V, C)`` features into a flat ``(1, ny * nx, C)`` canvas (ONNX
+  ``ScatterND``), viewed as ``(1, C, ny, nx)``;
+- the backbone with its neck, and the head's three 1x1 convolutions with the permutation to
+  ``(1, H * W * A, K)`` (:meth:`Anchor3DHead.forward`).
+
+Voxelization (the mapper) and the decode + NMS (:meth:`Anchor3DHead.inference`) stay outside, as
+CUDA-PointPillars and mmdeploy split PointPillars; both back-ends run the same code there.
+"""
+
+import copy
+from typing import List, Sequence, Tuple
+import torch
+from torch import Tensor, nn
+
+from ..modeling.pillar_encoder import PillarScatter
+
+__all__ = [
+    "NotExportableError",
+    "PillarsNetwork",
+    "exportable_copy",
+    "split_outputs",
+    "INPUT_NAMES",
+    "output_names",
+]
+
+#: Graph inputs: voxels (V, M, C) float32, num_points (V,) int32, coords (V, 4) int32 (b, z, y, x).
+INPUT_NAMES = ("voxels", "num_points", "coords")
+_KINDS = ("cls", "reg", "dir")
+
+
+class NotExportableError(ValueError):
+    """The model (or its config) has no exportable path to ONNX; the message says which part."""
+
+
+def output_names(in_features: Sequence[str]) -> List[str]:
+    """``cls_<level>`` for every level, then ``reg_<level>``, then ``dir_<level>``."""
+    return [f"{kind}_{f}" for kind in _KINDS for f in in_features]
+
+
+def _check_exportable(model):
+    """Raise :class:`NotExportableError` unless ``model`` is a PointPillars-like model whose
+    parts have the exportable formulations used by :class:`PillarsNetwork`."""
+    if isinstance(model, nn.parallel.DistributedDataParallel):
+        model = model.module
+    name = type(model).__name__
+    missing = [
+        a
+        for a in ("pillar_encoder", "scatter", "backbone", "head", "head_in_features")
+        if not hasattr(model, a)
+    ]
+    if missing:
+        raise NotExportableError(
+            f"the model {name} (MODEL.META_ARCHITECTURE) has no exportable path: the ONNX export "
+            f"needs a PointPillars model (pillar_encoder, scatter, backbone, head); it lacks "
+            f"{', '.join(missing)}"
+        )
+    encoder = model.pillar_encoder
+    if not callable(getattr(encoder, "forward_dense", None)):
+        raise NotExportableError(
+            f"the pillar encoder {type(encoder).__name__} (MODEL.PILLAR_FEATURE_NET.NAME) has no "
+            "forward_dense, the dense eval-mode formulation the ONNX export traces; implement it "
+            "(see PillarFeatureNet.forward_dense) or use PillarFeatureNet"
+        )
+    if not isinstance(model.scatter, PillarScatter):
+        raise NotExportableError(
+            f"the scatter {type(model.scatter).__name__} is not a PillarScatter: the ONNX export "
+            "only knows PillarScatter's flat-canvas formulation"
+        )
+    for conv in ("conv_cls", "conv_reg", "conv_dir"):
+        if not isinstance(getattr(model.head, conv, None), nn.Conv2d):
+            raise NotExportableError(
+                f"the head {type(model.head).__name__} (MODEL.ANCHOR3D_HEAD.NAME) has no {conv}: "
+                "the ONNX export expects Anchor3DHead's outputs (logits, box deltas, directions)"
+            )
+    return model
+
+
+class _DensePillarNet(nn.Module):
+    """Calls the encoder's dense formulation as a module (its own name scope in the graph)."""
+
+    def __init__(self, encoder: nn.Module):
+        super().__init__()
+        self.encoder = encoder
+
+    def forward(self, voxels: Tensor, num_points: Tensor, coords: Tensor) -> Tensor:
+        return self.encoder.forward_dense(voxels, num_points, coords)
+
+
+class PillarsNetwork(nn.Module):
+    """
+    ``(voxels, num_points, coords)`` of one sample -> the head's raw outputs, a flat tuple:
+    ``cls_<level>`` (1, N_l, num_classes), ``reg_<level>`` (1, N_l, code_size), ``dir_<level>``
+    (1, N_l, 2) for each of ``head_in_features`` (see :func:`output_names`). Inference only.
+
+    The batch column of ``coords`` must be 0 (one sample per call).
+    """
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        model = _check_exportable(model)
+        self.pillar_net = _DensePillarNet(model.pillar_encoder)
+        nx, ny = model.scatter.grid_size
+        self.scatter = PillarScatter(nx=nx, ny=ny, channels_last=True)
+        self.backbone = model.backbone
+        self.head = model.head
+        self.in_features = list(model.head_in_features)
+        self.eval()
+
+    @property
+    def output_names(self) -> List[str]:
+        return output_names(self.in_features)
+
+    def forward(self, voxels: Tensor, num_points: Tensor, coords: Tensor) -> Tuple[Tensor, ...]:
+        features = self.pillar_net(voxels, num_points, coords)
+        canvas = self.scatter(features, coords, 1)
+        maps = self.backbone(canvas)
+        logits, deltas, dirs = self.head([maps[f] for f in self.in_features])
+        return (*logits, *deltas, *dirs)
+
+    def train(self, mode: bool = True):
+        if mode:
+            raise RuntimeError("PillarsNetwork is inference only (the pillar net's dense path)")
+        return super().train(False)
+
+
+def split_outputs(outputs: Sequence[Tensor], num_levels: int):
+    """The flat output tuple of :class:`PillarsNetwork` -> ``(logits, deltas, dirs)`` lists, the
+    form :meth:`Anchor3DHead.inference` takes."""
+    if len(outputs) != 3 * num_levels:
+        raise ValueError(f"expected {3 * num_levels} outputs for {num_levels} levels")
+    n = num_levels
+    return list(outputs[:n]), list(outputs[n : 2 * n]), list(outputs[2 * n :])
+
+
+def exportable_copy(model: nn.Module) -> PillarsNetwork:
+    """A :class:`PillarsNetwork` over a deep copy of ``model`` in eval mode, with the dense part
+    in the default (NCHW-contiguous) memory format: the graph does not depend on
+    ``MODEL.CHANNELS_LAST``, and ``model`` itself is left untouched."""
+    _check_exportable(model)
+    model = copy.deepcopy(model).eval()
+    model.backbone.to(memory_format=torch.contiguous_format)
+    model.head.to(memory_format=torch.contiguous_format)
+    return PillarsNetwork(model)

@@ -1,0 +1,252 @@
+"""ONNX export and onnxruntime inference (d2_pillars.deploy, tools/deploy/export_model.py).
+
+One synthetic nuScenes keyframe (with sweeps) from the built-in generator is the frame of every
+check; the demo config is exported at its own grid and a seed config at a reduced grid.
+"""
+
+import numpy as np
+import os
+import sys
+import pytest
+import torch
+
+from d2_pillars.data import PointCloudMapper
+from d2_pillars.deploy import (
+    DeployDependencyError,
+    ExportCheckError,
+    NotExportableError,
+    OnnxPillarsPredictor,
+    OnnxPointPillars,
+    build_predictor,
+    export_onnx,
+    exportable_copy,
+    model_inputs,
+    select_providers,
+)
+from d2_pillars.deploy.export import (
+    check_onnx,
+    compare_outputs,
+    eager_network_outputs,
+    synthetic_check_record,
+)
+from d2_pillars.engine import PillarsPredictor, build_pillars_model, load_config
+
+pytest.importorskip("onnxruntime")
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+DEMO = os.path.join(REPO, "configs/synthetic/pointpillars_regnetx_400mf_fpn_cpu.yaml")
+SEED = os.path.join(REPO, "configs/nuscenes/pointpillars_regnetx_400mf_fpn.yaml")
+#: the seed config on a 128 x 128 grid (its 0.25 m pillars over +-16 m), 3 sweeps
+SEED_REDUCED = [
+    "INPUT.POINT_CLOUD_RANGE", "[-16.0, -16.0, -5.0, 16.0, 16.0, 3.0]",
+    "MODEL.ANCHOR3D_HEAD.ANCHOR_RANGES", "[[-16.0, -16.0, -1.8, 16.0, 16.0, -1.8]]",
+    "INPUT.NUM_SWEEPS", "3",
+]  # fmt: skip
+
+
+def _cfg(path, *opts):
+    # NMS_PRE 200 (post-processing only): a full-load NMS of 3 x 200 candidates keeps tests fast
+    return load_config(path, ["MODEL.DEVICE", "cpu", "MODEL.ANCHOR3D_HEAD.NMS_PRE", "200", *opts])
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """One torch thread: on a shared 2-core machine more threads only wait for each other."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def record(tmp_path_factory):
+    return synthetic_check_record(
+        str(tmp_path_factory.mktemp("datasets") / "synthetic_nuscenes"), num_sweeps=3
+    )
+
+
+def _full_load_predictor(cfg, seed=0):
+    """An eager predictor with seeded weights and class bias 0: every class of every candidate
+    scores about 0.5, so the post-processing has plenty of boxes to keep."""
+    torch.manual_seed(seed)
+    predictor = PillarsPredictor(cfg)
+    with torch.no_grad():
+        predictor.model.head.conv_cls.bias.zero_()
+    return predictor
+
+
+@pytest.fixture(scope="module")
+def demo_export(tmp_path_factory, record):
+    cfg = _cfg(DEMO)
+    predictor = _full_load_predictor(cfg)
+    sample = PointCloudMapper(cfg, is_train=False)(record)
+    out = str(tmp_path_factory.mktemp("onnx_demo"))
+    report = export_onnx(cfg, out, model=predictor.model, sample=sample)
+    return cfg, predictor, sample, report, out
+
+
+def _onnx_cfg(cfg, out, **kw):
+    cfg = cfg.clone()
+    cfg.MODEL.BACKEND = "onnxruntime"
+    cfg.MODEL.ONNX.PATH = out
+    cfg.MODEL.ONNX.INTRA_OP_THREADS = 1
+    return cfg
+
+
+def _check_against_eager(model, path, sample):
+    """Run the written graph with onnxruntime ourselves and compare with the eager model."""
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+    inputs = model_inputs(sample)
+    names = [o.name for o in session.get_outputs()]
+    feeds = dict(zip(["voxels", "num_points", "coords"], (t.numpy() for t in inputs)))
+    actual = session.run(names, feeds)
+    reference = eager_network_outputs(model, *inputs)
+    diffs = compare_outputs(names, reference, actual)
+    assert max(rel for _, rel in diffs.values()) <= 1e-4, diffs
+    return names, actual
+
+
+def test_demo_config_exports_and_matches_eager(demo_export):
+    cfg, predictor, sample, report, out = demo_export
+    assert cfg.MODEL.PILLAR_FEATURE_NET.PADDED_SLOTS is False and cfg.MODEL.CHANNELS_LAST
+    for name in ("model.onnx", "config.yaml", "export.json"):
+        assert os.path.isfile(os.path.join(out, name)), name
+    assert report.opset == 18 and report.worst_rel_diff <= 1e-4
+    v = sample["voxels"].shape[0]
+    assert report.num_pillars == [v, v // 2]  # two pillar counts: the axis is dynamic
+    names, actual = _check_against_eager(predictor.model, report.path, sample)
+    assert names == [f"{k}_{f}" for k in ("cls", "reg", "dir") for f in ("p1", "p2", "p3")]
+    assert actual[0].shape == (1, 64 * 64 * 8, 10)  # 128 x 128 grid, stride 2, 8 anchors
+    # the eager model is left as it was (channels-last weights, eval mode)
+    assert not predictor.model.training
+    weight = predictor.model.head.conv_cls.weight
+    assert weight.is_contiguous(memory_format=torch.channels_last)
+
+
+def test_seed_config_exports_at_reduced_grid(record, tmp_path):
+    cfg = _cfg(SEED, *SEED_REDUCED)
+    assert cfg.MODEL.PILLAR_FEATURE_NET.PADDED_SLOTS is True  # the reference's HardVFE mode
+    torch.manual_seed(1)
+    model = build_pillars_model(cfg).eval()
+    sample = PointCloudMapper(cfg, is_train=False)(record)
+    assert sample["voxels"].shape[1] == cfg.INPUT.MAX_POINTS_PER_VOXEL
+    report = export_onnx(cfg, str(tmp_path), model=model, sample=sample)
+    assert report.worst_rel_diff <= 1e-4
+    _check_against_eager(model, report.path, sample)
+
+
+def _same_instances(a, b, atol=1e-4):
+    assert len(a) == len(b) > 0
+    assert torch.equal(a.pred_classes, b.pred_classes)
+    assert torch.allclose(a.scores, b.scores, atol=atol, rtol=0)
+    assert torch.allclose(a.pred_boxes3d.tensor, b.pred_boxes3d.tensor, atol=atol, rtol=0)
+
+
+def test_onnxruntime_predictor_gives_the_same_boxes(demo_export, record):
+    cfg, predictor, sample, report, out = demo_export
+    onnx_predictor = OnnxPillarsPredictor(_onnx_cfg(cfg, out))
+    assert onnx_predictor.model.providers == ["CPUExecutionProvider"]
+    eager = predictor(record)["instances"]
+    ours = onnx_predictor(record)["instances"]
+    assert len(eager) > 50  # full load: many boxes through the NMS
+    _same_instances(eager, ours)
+    assert ours.image_size == eager.image_size
+    # predict_points: a cloud the caller already has (the keyframe's mapped points)
+    points = np.random.default_rng(0).uniform(-50, 50, (20000, 4)).astype(np.float32)
+    points[:, 2] = np.random.default_rng(1).uniform(-3, 1, 20000)
+    points[:, 3] = 0.0
+    _same_instances(
+        predictor.predict_points(points)["instances"],
+        onnx_predictor.predict_points(points)["instances"],
+    )
+
+
+def test_backend_key_builds_the_onnxruntime_model(demo_export, record):
+    cfg, predictor, sample, report, out = demo_export
+    onnx_cfg = _onnx_cfg(cfg, out)
+    model = build_pillars_model(onnx_cfg)  # what --eval-only and the visualizer call
+    assert isinstance(model, OnnxPointPillars) and not model.training
+    assert len(model.state_dict()) == 0  # no parameters: the weights are in the graph
+    assert isinstance(build_predictor(onnx_cfg), OnnxPillarsPredictor)
+    assert type(build_predictor(cfg)) is PillarsPredictor
+    (out_eager,) = predictor.model([sample])
+    (out_onnx,) = model([sample])
+    _same_instances(out_eager["instances"], out_onnx["instances"])
+    with pytest.raises(RuntimeError, match="inference only"):
+        model.train()
+    # an empty frame: no pillars, no boxes, no error
+    empty = {k: v[:0] for k, v in sample.items() if k.startswith("voxel")}
+    assert len(model([empty])[0]["instances"]) == len(predictor.model([empty])[0]["instances"])
+
+
+def test_graph_and_config_must_agree(demo_export):
+    cfg, predictor, sample, report, out = demo_export
+    other = _onnx_cfg(cfg, out)
+    other.INPUT.POINT_CLOUD_RANGE = [-25.6, -25.6, -5.0, 25.6, 25.6, 3.0]
+    with pytest.raises(ValueError, match="INPUT.POINT_CLOUD_RANGE"):
+        OnnxPointPillars(other)
+    missing = _onnx_cfg(cfg, os.path.join(out, "nothing_here.onnx"))
+    with pytest.raises(FileNotFoundError, match="export_model.py"):
+        OnnxPointPillars(missing)
+    with pytest.raises(ValueError, match="MODEL.ONNX.PATH"):
+        OnnxPointPillars(_onnx_cfg(cfg, ""))
+
+
+@pytest.mark.parametrize("module", ["onnx", "onnxruntime", "onnxscript"])
+def test_missing_package_is_a_clear_error(demo_export, monkeypatch, tmp_path, module):
+    cfg, predictor, sample, report, out = demo_export
+    monkeypatch.setitem(sys.modules, module, None)  # `import module` raises ImportError
+    with pytest.raises(DeployDependencyError, match=f"'{module}'.*requirements-deploy.txt"):
+        export_onnx(cfg, str(tmp_path), model=predictor.model, sample=sample)
+    if module == "onnxruntime":
+        with pytest.raises(DeployDependencyError, match="MODEL.BACKEND onnxruntime"):
+            OnnxPointPillars(_onnx_cfg(cfg, out))
+
+
+def test_export_cli_reports_errors(demo_export, monkeypatch, tmp_path, capsys):
+    sys.path.insert(0, os.path.join(REPO, "tools", "deploy"))
+    try:
+        import export_model
+    finally:
+        sys.path.pop(0)
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)
+    assert export_model.main(["--config-file", DEMO, "--output", str(tmp_path)]) == 1
+    assert "onnxruntime" in capsys.readouterr().err
+
+
+def test_not_exportable_model_is_a_clear_error(demo_export, tmp_path):
+    cfg, predictor, sample, report, out = demo_export
+
+    class Sparse(torch.nn.Module):  # a pillar encoder without the dense formulation
+        out_channels = 64
+
+        def forward(self, voxels, num_points, coords):
+            return voxels.new_zeros(voxels.shape[0], 64)
+
+    import copy
+
+    model = copy.deepcopy(predictor.model)
+    model.pillar_encoder = Sparse()
+    with pytest.raises(NotExportableError, match="MODEL.PILLAR_FEATURE_NET.NAME.*forward_dense"):
+        export_onnx(cfg, str(tmp_path), model=model, sample=sample)
+    with pytest.raises(NotExportableError, match="no exportable path"):
+        exportable_copy(torch.nn.Linear(2, 2))
+
+
+def test_export_check_fails_above_tolerance(demo_export):
+    cfg, predictor, sample, report, out = demo_export
+    again = check_onnx(report.path, predictor.model, sample)  # what export_onnx ran
+    assert again.num_pillars == report.num_pillars and again.worst_rel_diff <= 1e-4
+    with pytest.raises(ExportCheckError, match="differs from eager PyTorch.*tolerance 1e-12"):
+        check_onnx(report.path, predictor.model, sample, rtol=1e-12)
+
+
+def test_select_providers():
+    available = ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    assert select_providers([], available) == available
+    assert select_providers([], ["CPUExecutionProvider"]) == ["CPUExecutionProvider"]
+    assert select_providers(["CPUExecutionProvider"], available) == ["CPUExecutionProvider"]
+    with pytest.raises(ValueError, match="TensorrtExecutionProvider"):
+        select_providers(["TensorrtExecutionProvider"], available)
