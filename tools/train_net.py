@@ -6,7 +6,10 @@
     python tools/train_net.py --config-file CFG --eval-only MODEL.WEIGHTS output/model_final.pth
     python tools/train_net.py --config-file CFG --eval-only --results results_nusc.json
     python tools/train_net.py --config-file CFG --resume          # continue an interrupted run
+    python tools/train_net.py --config-file OUT/config.yaml --eval-only   # the ONNX graph in
+        # onnxruntime (OUT from tools/deploy/export_model.py: MODEL.BACKEND onnxruntime)
 """
+import d2_pillars.deploy  # noqa: F401  (registers MODEL.BACKEND onnxruntime)
 from d2_pillars.engine import argument_parser, launch, main
 
 if __name__ == "__main__":

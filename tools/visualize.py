@@ -10,12 +10,15 @@
     # predictions from a results file (nuScenes JSON, Lyft JSON or Kaggle CSV)
     python tools/visualize.py --dataset lyft_val --num 4 --results results.csv --save out/vis
 
-Trailing KEY VALUE pairs override config keys (as in train_net.py).
+Trailing KEY VALUE pairs override config keys (as in train_net.py); with
+``MODEL.BACKEND onnxruntime MODEL.ONNX.PATH DIR`` (or ``--config-file DIR/config.yaml`` of
+tools/deploy/export_model.py) the predictions come from the exported graph in onnxruntime.
 """
 import argparse
 import logging
 import sys
 
+import d2_pillars.deploy  # noqa: F401  (registers MODEL.BACKEND onnxruntime)
 from d2_pillars.visualization import visualize
 
 
