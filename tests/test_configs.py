@@ -152,3 +152,29 @@ def test_config_builds_full_model(path):
     model = build_model(cfg)
     assert type(model).__name__ == "PointPillars"
     assert sum(p.numel() for p in model.parameters()) > 1_000_000
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=NAMES)
+def test_imagenet_initialisation_and_padded_slots_of_the_seed_configs(path):
+    """The RegNet seed configs start from pycls's ImageNet RegNetX of their own architecture (as
+    the reference); every seed config uses the reference-exact pillar net; the CPU demo configs
+    train offline from scratch."""
+    cfg = load(path)
+    seed = not path.parent.name == "synthetic"
+    assert cfg.MODEL.PILLAR_FEATURE_NET.PADDED_SLOTS == seed
+    if not seed or "regnet" not in path.name:
+        assert cfg.MODEL.WEIGHTS == ""
+        return
+    arch = "1.6GF" if "1.6gf" in path.name else "400MF"
+    assert cfg.MODEL.WEIGHTS.startswith("https://dl.fbaipublicfiles.com/pycls/dds_baselines/")
+    assert cfg.MODEL.WEIGHTS.endswith(f"/RegNetX-{arch}_dds_8gpu.pyth")
+    preset = REGNETX_PRESETS[arch]
+    assert (cfg.MODEL.REGNET.DEPTH, cfg.MODEL.REGNET.W0) == (preset["depth"], preset["w0"])
+
+
+def test_unreachable_weights_url_names_the_url_and_the_way_out():
+    from d2_pillars.checkpoint.checkpointer import CheckpointDownloadError, PillarsCheckpointer
+
+    url = "http://127.0.0.1:9/RegNetX-400MF_dds_8gpu.pyth"  # closed local port: refused at once
+    with pytest.raises(CheckpointDownloadError, match='(?s)127.0.0.1:9.*MODEL.WEIGHTS ""'):
+        PillarsCheckpointer(torch.nn.Linear(2, 2)).load(url)

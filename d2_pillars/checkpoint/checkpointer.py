@@ -42,11 +42,20 @@ from .regnet_converter import (
     source_state_dict,
 )
 
-__all__ = ["PillarsCheckpointer", "BOX_CONVENTION_KEY", "BoxConventionMismatchError"]
+__all__ = [
+    "PillarsCheckpointer",
+    "BOX_CONVENTION_KEY",
+    "BoxConventionMismatchError",
+    "CheckpointDownloadError",
+]
 
 logger = logging.getLogger(__name__)
 
 BOX_CONVENTION_KEY = "box_convention_version"
+
+
+class CheckpointDownloadError(RuntimeError):
+    """``MODEL.WEIGHTS`` names a URL that cannot be fetched."""
 
 
 class BoxConventionMismatchError(RuntimeError):
@@ -107,6 +116,20 @@ class PillarsCheckpointer(DetectionCheckpointer):
     save_dir, **checkpointables)``, ``.resume_or_load(path, resume=...)``, ``.load(path)``,
     ``.save(name, **extra)``.
     """
+
+    def load(self, path: str, *args, **kwargs):
+        """detectron2's ``load``; a URL is fetched into detectron2's path-manager cache first, and
+        a failed download (e.g. offline) is an error naming the URL and the way out."""
+        if path and "://" in path and not os.path.isfile(path):
+            try:
+                path = self.path_manager.get_local_path(path)
+            except Exception as e:  # URLError, HTTPError, timeouts ...
+                raise CheckpointDownloadError(
+                    f"Cannot download MODEL.WEIGHTS {path}: {e}\nDownload it on a machine "
+                    "online and pass the local file (MODEL.WEIGHTS /path/to/file), or train "
+                    'from scratch with MODEL.WEIGHTS "".'
+                ) from e
+        return super().load(path, *args, **kwargs)
 
     def save(self, name: str, **kwargs: Any) -> None:
         """Write ``{save_dir}/{name}.pth`` atomically, with the box convention version."""

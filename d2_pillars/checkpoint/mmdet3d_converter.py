@@ -32,7 +32,7 @@ import torch
 from tabulate import tabulate
 
 from d2_pillars.structures import BOX_CONVENTION_VERSION
-from d2_pillars.utils.file_io import NUMPY_PICKLE_GLOBALS, atomic_open
+from d2_pillars.utils.file_io import atomic_open
 
 __all__ = [
     "CONVENTIONS",
@@ -67,7 +67,9 @@ class MMDet3DCheckpointError(ValueError):
 # Reading
 # ------------------------------------------------------------------------------------------------ #
 class _Opaque:
-    """Stands for an object of a class this reader refuses to import (never constructed)."""
+    """Stands for an object of a class this reader does not import (training-state objects of
+    mmengine checkpoints: message hub, history buffers, numpy arrays). Built from nothing and
+    inert: no code of the original class runs."""
 
     def __init__(self, *args, **kwargs):
         pass
@@ -75,66 +77,28 @@ class _Opaque:
     def __setstate__(self, state):
         pass
 
-    # dict / list subclasses are rebuilt with item assignments and appends
-    def __setitem__(self, key, value):
-        pass
-
-    def append(self, value):
-        pass
-
-    def extend(self, values):
-        pass
-
-
-class _OpaqueUnpickler(pickle.Unpickler):
-    """Resolves torch's tensor rebuilders, numpy arrays and builtin containers; any other class
-    (mmengine's message hub, ...) becomes an inert :class:`_Opaque` and no code of it runs."""
-
-    _ALLOWED = NUMPY_PICKLE_GLOBALS | {
-        ("collections", "OrderedDict"),
-        ("torch._utils", "_rebuild_tensor_v2"),
-        ("torch._utils", "_rebuild_parameter"),
-        ("torch", "Size"),
-        ("torch", "float32"),
-        ("torch", "float64"),
-        ("torch", "float16"),
-        ("torch", "int64"),
-        ("torch", "int32"),
-        ("torch", "uint8"),
-        ("torch", "bool"),
-    }
-
-    def find_class(self, module, name):
-        if (module, name) in self._ALLOWED:
-            return super().find_class(module, name)
-        return _Opaque
-
-
-class _OpaquePickleModule:
-    """A ``pickle_module`` for ``torch.load`` that uses :class:`_OpaqueUnpickler`."""
-
-    Unpickler = _OpaqueUnpickler
-    load = pickle.load
-    __name__ = "d2_pillars_opaque_pickle"
-
 
 def load_torch_file(path: str):
-    """``torch.load`` on the CPU: ``weights_only=True`` first; if that refuses the file, a reader
-    that turns every object of a non-allowed class into an inert placeholder (no code runs)."""
+    """``torch.load(weights_only=True)`` on the CPU. If the file also pickles objects of other
+    classes (mmengine's training state), those globals are allowed *as* :class:`_Opaque`
+    placeholders and the load is retried, still with ``weights_only=True``."""
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError:
-        # mmengine checkpoints also pickle training-state objects (message hub, history
-        # buffers): read the weights and leave those objects inert.
         pass
     except Exception as e:  # not a torch file, truncated, ...
         raise MMDet3DCheckpointError(f"Cannot read {path} as a torch checkpoint: {e}") from e
     try:
-        return torch.load(
-            path, map_location="cpu", weights_only=False, pickle_module=_OpaquePickleModule
-        )
+        names = torch.serialization.get_unsafe_globals_in_checkpoint(path)
+        with torch.serialization.safe_globals([(_Opaque, name) for name in names]):
+            return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
-        raise MMDet3DCheckpointError(f"Cannot read {path} as a torch checkpoint: {e}") from e
+        raise MMDet3DCheckpointError(
+            f"Cannot read {path} with torch.load(weights_only=True), even with its other objects "
+            f"read as placeholders: {e}\nIf you trust the file, keep just its weights: "
+            "c = torch.load(SRC, weights_only=False); torch.save({'meta': {'mmdet3d_version': "
+            "c['meta']['mmdet3d_version']}, 'state_dict': c['state_dict']}, DST)"
+        ) from e
 
 
 def is_mmdet3d_state_dict(state) -> bool:

@@ -147,11 +147,18 @@ class _ConfigDict(dict):
 
 def test_training_state_objects_are_read_inert(lyft_fpn_state, tmp_path, code_running_pickle):
     obj, marker = code_running_pickle
-    hub = {"log_scalars": {"loss": _HistoryBuffer()}, "cfg": _ConfigDict(a=1), "evil": obj}
-    src = _save(
-        tmp_path / "ref.pth", {"module." + k: v for k, v in lyft_fpn_state.items()}, message_hub=hub
-    )
+    hub = {"log_scalars": {"loss": _HistoryBuffer()}, "evil": obj}
+    state = {"module." + k: v for k, v in lyft_fpn_state.items()}
+    src = _save(tmp_path / "ref.pth", state, message_hub=hub)
     state, meta = read_mmdet3d_checkpoint(src)
     assert not marker.exists()
     assert meta["mmdet3d_version"] == "1.4.0"
     assert set(state) == set(lyft_fpn_state)  # DataParallel's "module." prefix removed
+
+
+def test_unreadable_training_state_is_a_clear_error(lyft_fpn_state, tmp_path, code_running_pickle):
+    obj, marker = code_running_pickle
+    src = _save(tmp_path / "ref.pth", lyft_fpn_state, cfg=_ConfigDict(a=1), evil=obj)
+    with pytest.raises(MMDet3DCheckpointError, match="(?s)weights_only=True.*keep just its weights"):
+        read_mmdet3d_checkpoint(src)
+    assert not marker.exists()
