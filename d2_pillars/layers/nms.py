@@ -8,7 +8,9 @@ When the installed detectron2 has its compiled ``nms_rotated`` it is used; other
 implementation here runs (CPU or CUDA):
 
 1. the pairs whose IoU exceeds the threshold are found once, with the exact rotated IoU of
-   :mod:`.rotated_iou` evaluated only on pairs whose bounding circles overlap (a sparse graph);
+   :mod:`.rotated_iou` evaluated only on pairs whose bounding circles overlap, whose areas are
+   within the threshold's factor (:func:`nms_candidate_pairs`) and whose cheap IoU upper bound
+   exceeds the threshold (a sparse graph);
 2. the greedy pass walks the boxes by score on the CPU with numpy, touching only boxes that have
    at least one such neighbour; boxes without neighbours are kept without any Python work.
 
@@ -20,12 +22,7 @@ import functools
 import numpy as np
 import torch
 
-from .rotated_iou import (
-    bev_to_d2_rotated,
-    candidate_pairs,
-    compiled_detectron2_extension,
-    iou_of_pairs,
-)
+from .rotated_iou import bev_to_d2_rotated, compiled_detectron2_extension, iou_of_pairs
 
 __all__ = ["nms_rotated_bev", "batched_nms_rotated_bev", "multiclass_nms_rotated_bev"]
 
@@ -101,6 +98,74 @@ def iou_upper_bound_of_pairs(boxes, i, j):
     return inter.div_(union).clamp_(0.0, 1.0)
 
 
+# Elements of one (rows x columns) block of the bounding-circle test (2 MB of float64).
+_CIRCLE_BLOCK = 1 << 17
+
+
+def nms_candidate_pairs(boxes, iou_threshold):
+    """Pairs ``(i, j)``, ``i < j``, that can have IoU > ``iou_threshold``: their bounding circles
+    overlap and their areas are within a factor ``iou_threshold`` of each other.
+
+    ``IoU = I / (A + B - I) <= min(A, B) / max(A, B)`` (``I <= min``, ``A + B - I >= max``), so a
+    pair whose smaller area is at most ``iou_threshold`` times the larger cannot exceed the
+    threshold. The boxes are sorted by area; each row's partners then form a contiguous range of
+    larger areas, and the circle test (as :func:`candidate_pairs`: one float64 matrix product of
+    5-vectors, a small tolerance keeping it a superset) runs on those ranges only. On anchor-head
+    output (sizes and level scales several times apart) this halves the pairs and the work of
+    the all-pairs circle test.
+
+    Args:
+        boxes: (N, 5) BEV boxes.
+        iou_threshold: float in [0, 1].
+
+    Returns:
+        two (P,) int64 tensors with ``i < j`` (in no particular order).
+    """
+    device = boxes.device
+    n = boxes.shape[0]
+    empty = torch.zeros(0, dtype=torch.long, device=device)
+    if n < 2:
+        return empty, empty
+    b = boxes.double()
+    area = (b[:, 2] * b[:, 3]).abs()
+    order = torch.argsort(area)
+    b, area = b[order], area[order]
+    ratio = float(iou_threshold) - _BOUND_MARGIN
+    if ratio > 0:
+        # partners of row k: columns k + 1 .. end[k] - 1 (areas up to area[k] / ratio)
+        end = torch.searchsorted(area, area / ratio * (1 + 1e-9), right=True)
+    else:
+        end = torch.full((n,), n, dtype=torch.long, device=device)
+    r = 0.5 * torch.hypot(b[:, 2], b[:, 3])
+    p = b[:, :2]
+    sq = (p * p).sum(1)
+    one = torch.ones_like(r)
+    u = torch.stack([p[:, 0], p[:, 1], r, sq - r * r, one], dim=1)
+    v = torch.stack([-2 * p[:, 0], -2 * p[:, 1], -2 * r, one, sq - r * r], dim=0)
+    tol = 1e-9 * (1.0 + float(sq.max()))
+    end_list = end.tolist()
+    pairs_i, pairs_j = [], []
+    start = 0
+    while start < n - 1:
+        col0 = start + 1
+        # grow the row block while its column range stays within the block budget
+        rows = max(1, _CIRCLE_BLOCK // max(end_list[start] - col0, 1))
+        stop = min(start + rows, n - 1)
+        col1 = max(end_list[stop - 1], col0)
+        if col1 > col0:
+            ii, jj = ((u[start:stop] @ v[:, col0:col1]) < tol).nonzero(as_tuple=True)
+            ii, jj = ii + start, jj + col0
+            # upper triangle and each row's own area window, on the (few) hits only
+            keep = (jj > ii) & (jj < end[ii])
+            pairs_i.append(ii[keep])
+            pairs_j.append(jj[keep])
+        start = stop
+    if not pairs_i:
+        return empty, empty
+    i, j = order[torch.cat(pairs_i)], order[torch.cat(pairs_j)]
+    return torch.minimum(i, j), torch.maximum(i, j)
+
+
 def overlap_graph(boxes, iou_threshold, groups=None):
     """Pairs of boxes with IoU > ``iou_threshold`` (and equal ``groups`` when given).
 
@@ -123,7 +188,7 @@ def overlap_graph(boxes, iou_threshold, groups=None):
     all_i, all_j = [], []
     for m in members:
         sub = boxes if m is None else boxes[m.to(boxes.device)]
-        i, j = candidate_pairs(sub, sub, upper_triangle=True)
+        i, j = nms_candidate_pairs(sub, iou_threshold)
         # The exact IoU only where a cheap upper bound can exceed the threshold (the margin
         # covers rounding): on clustered detections that is ~10x fewer pairs than circle overlap.
         maybe = iou_upper_bound_of_pairs(sub, i, j) > iou_threshold - _BOUND_MARGIN
