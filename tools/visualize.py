@@ -19,7 +19,7 @@ import logging
 import sys
 
 import d2_pillars.deploy  # noqa: F401  (registers MODEL.BACKEND onnxruntime)
-from d2_pillars.visualization import visualize
+from d2_pillars.engine.visualize import visualize
 
 
 def parse_args(argv=None):

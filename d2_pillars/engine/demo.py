@@ -75,7 +75,7 @@ def run_demo(config_file=DEMO_CONFIG, output_dir="output/demo", opts=()):
     eval_dir = os.path.join(output_dir, cfg.TEST.EVAL_OUTPUT_SUBDIR, cfg.DATASETS.TEST[0])
 
     logger.info("[4/5] rendering a BEV image of predictions vs ground truth")
-    from ..visualization import visualize
+    from .visualize import visualize
 
     r = cfg.INPUT.POINT_CLOUD_RANGE
     images = visualize(

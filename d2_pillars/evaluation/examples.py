@@ -16,6 +16,9 @@ from typing import Dict, List, Sequence
 
 from detectron2.data import DatasetCatalog, MetadataCatalog
 
+from d2_pillars.data.display import ego_yaw_in_lidar, ground_truth_of, load_display_points
+from d2_pillars.visualization import match_by_center_distance, save_bev_examples
+
 __all__ = [
     "VIS_SUBDIR",
     "lidar_frame_predictions",
@@ -120,13 +123,6 @@ def save_evaluation_examples(
     Returns:
         list of ``{"path", "sample_token", "rank": "worst"|"best", "score"}`` (worst first).
     """
-    from d2_pillars.visualization import match_by_center_distance, save_bev_examples
-    from d2_pillars.visualization.sources import (
-        ego_yaw_in_lidar,
-        ground_truth_of,
-        load_display_points,
-    )
-
     if num_samples <= 0 or not predictions:
         return []
     records = [d for d in DatasetCatalog.get(dataset_name) if d["sample_token"] in predictions]

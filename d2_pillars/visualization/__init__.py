@@ -1,12 +1,13 @@
 """Visualization: BEV images (numpy + OpenCV) and Open3D scenes of LiDAR samples with ground-truth
-and predicted boxes; samples from registered datasets, models or results files.
+and predicted boxes. It draws what it is given: where samples and predictions come from
+(datasets, models, results files) is ``d2_pillars.engine.visualize``.
 
 * :mod:`.bev`: :func:`render_bev`, :class:`BEVVisualizer`, :func:`save_png`,
   :func:`save_bev_examples` (best / worst samples next to evaluation metrics);
 * :mod:`.open3d_scene`: geometry (:func:`build_scene`), headless PNGs (:func:`render_scene`,
   Filament off-screen, EGL or Xvfb), the interactive viewer (:func:`show_interactive`);
-* :mod:`.sources`: :class:`SampleLoader`, model / results-file predictions, :func:`visualize`
-  (what ``tools/visualize.py`` runs).
+* :mod:`.samples`: :class:`VisSample` and the loops that draw them (:func:`save_samples`,
+  :func:`show_samples`).
 
 Open3D is imported only when a 3D function runs, so BEV images work without it.
 """
@@ -33,16 +34,7 @@ from .open3d_scene import (
     save_scene_png,
     show_interactive,
 )
-from .sources import (
-    ModelPredictions,
-    ResultsFilePredictions,
-    SampleLoader,
-    VisSample,
-    build_sample_loader,
-    save_samples,
-    show_samples,
-    visualize,
-)
+from .samples import VisSample, save_samples, show_samples
 
 __all__ = [
     "BEVProjector",
@@ -63,12 +55,7 @@ __all__ = [
     "render_scene",
     "save_scene_png",
     "show_interactive",
-    "ModelPredictions",
-    "ResultsFilePredictions",
-    "SampleLoader",
     "VisSample",
-    "build_sample_loader",
     "save_samples",
     "show_samples",
-    "visualize",
 ]

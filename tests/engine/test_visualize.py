@@ -13,18 +13,17 @@ from pyquaternion import Quaternion
 from detectron2.data import DatasetCatalog, MetadataCatalog
 
 from d2_pillars.data.datasets import NUSCENES_CLASSES
-from d2_pillars.evaluation.results_io import write_lyft_csv, write_nuscenes_results
-from d2_pillars.structures import LiDARBoxes
-from d2_pillars.visualization.bev import class_color
-from d2_pillars.visualization.sources import (
+from d2_pillars.data.display import ego_yaw_in_lidar, ground_truth_of
+from d2_pillars.engine.visualize import (
     ModelPredictions,
     ResultsFilePredictions,
     SampleLoader,
-    ego_yaw_in_lidar,
-    ground_truth_of,
-    save_samples,
     visualize,
 )
+from d2_pillars.evaluation.results_io import write_lyft_csv, write_nuscenes_results
+from d2_pillars.structures import LiDARBoxes
+from d2_pillars.visualization import save_samples
+from d2_pillars.visualization.bev import class_color
 
 LYFT_CLASSES = ["car", "other_vehicle", "pedestrian", "bicycle", "truck", "bus", "motorcycle",
                 "emergency_vehicle", "animal"]  # fmt: skip
