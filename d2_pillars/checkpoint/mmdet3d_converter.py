@@ -10,16 +10,9 @@ Box conventions (``shared/reference/model_zoo.md``):
 
 - **1.x** (mmdetection3d >= 1.0.0rc0): anchors ``[l, w, h]``, yaw from +x, direction offset
   ``-0.7854``: the package's convention. The head's weights are copied as they are.
-- **0.x** (before 1.0; the published RegNet checkpoints): the network regresses residuals
-  ``(x, y, z, w, l, h, yaw0)`` against anchors of sizes ``[w, l, h]`` and rotations ``{0, 1.57}``
-  in a yaw frame ``yaw0 = -yaw - pi/2``, and its direction bins are offset by ``+0.7854`` in that
-  frame. The conversion rewrites the head exactly (:func:`legacy_head_to_current`): for each
-  physical anchor it takes the 0.x anchor of the same footprint (the package's rotation ``r``
-  pairs with the 0.x rotation ``r0`` whose ``-r0 - pi/2`` is closest to ``r`` modulo pi), swaps
-  the ``l``/``w`` residual channels, negates the yaw residual and adds
-  ``-r0 - pi/2 - r`` to its bias, so that the decoded yaw is ``-yaw0 - pi/2`` exactly; the
-  direction offset becomes ``pi/2 - 0.7854`` (stored in the checkpoint as ``head.dir_offset``,
-  which the head takes over from the config). The boxes are then the reference's physical boxes.
+- **0.x** (before 1.0; the published RegNet checkpoints): the head is rewritten exactly for the
+  package's convention by :mod:`.mmdet3d_legacy`, and the direction offset it needs is stored in
+  the checkpoint as ``head.dir_offset`` (the head takes it over from the config).
 """
 import math
 import os
@@ -34,17 +27,16 @@ from tabulate import tabulate
 from d2_pillars.structures import BOX_CONVENTION_VERSION
 from d2_pillars.utils.file_io import atomic_open
 
+from .mmdet3d_legacy import HeadLayout, LegacyHeadError, legacy_dir_offset, legacy_head_to_current
+
 __all__ = [
     "CONVENTIONS",
-    "LEGACY_DIR_OFFSET",
     "MMDet3DCheckpointError",
-    "HeadLayout",
     "MMDet3DConversionReport",
     "is_mmdet3d_state_dict",
     "read_mmdet3d_checkpoint",
     "load_torch_file",
     "resolve_convention",
-    "legacy_head_to_current",
     "convert_mmdet3d_state_dict",
     "convert_mmdet3d_to_model",
     "format_mmdet3d_report",
@@ -52,8 +44,6 @@ __all__ = [
 ]
 
 CONVENTIONS = ("auto", "1.x", "0.x")
-#: Direction offset of every 0.x PointPillars config, in the 0.x yaw frame (radians).
-LEGACY_DIR_OFFSET = 0.7854
 CONVERTER_AUTHOR = "d2_pillars convert_mmdet3d"
 _REFERENCE_PREFIXES = ("pts_voxel_encoder.", "pts_backbone.", "pts_neck.", "pts_bbox_head.")
 _BN = r"(weight|bias|running_mean|running_var|num_batches_tracked)"
@@ -280,97 +270,6 @@ def _rename_rules(model_keys: Sequence[str]):
 
 
 # ------------------------------------------------------------------------------------------------ #
-# The 0.x head
-# ------------------------------------------------------------------------------------------------ #
-@dataclass
-class HeadLayout:
-    """What the head's channel layout depends on: ``A = num_sizes * len(rotations)`` anchors per
-    location, channel ``a * K + k`` with ``a = size_idx * R + rot_idx``."""
-
-    num_sizes: int
-    rotations: List[float]
-    num_classes: int
-    code_size: int
-
-    @classmethod
-    def from_head(cls, head) -> "HeadLayout":
-        gen = head.anchor_generator
-        return cls(len(gen.sizes), list(gen.rotations), head.num_classes, head.code_size)
-
-
-def _legacy_rotation_pairs(rotations: Sequence[float]) -> List[Tuple[int, float]]:
-    """For each rotation ``r`` of the package, the index ``i`` of the 0.x rotation (same values)
-    whose footprint ``-r0_i - pi/2`` matches ``r`` modulo pi, and the yaw bias ``-r0_i - pi/2 - r``.
-    """
-
-    def distance(r0, r):
-        d = math.fmod(-r0 - math.pi / 2 - r, math.pi)
-        return min(abs(d), math.pi - abs(d))
-
-    pairs = []
-    for r in rotations:
-        i = min(range(len(rotations)), key=lambda j: distance(rotations[j], r))
-        pairs.append((i, -rotations[i] - math.pi / 2 - r))
-    if sorted(i for i, _ in pairs) != list(range(len(rotations))):
-        raise MMDet3DCheckpointError(
-            f"Anchor rotations {list(rotations)} have no one-to-one 0.x counterpart (each "
-            "rotation r needs a rotation r0 with -r0 - pi/2 = r modulo pi, as {0, 1.57} does)."
-        )
-    return pairs
-
-
-def legacy_head_to_current(
-    conv_weights: Mapping[str, torch.Tensor], layout: HeadLayout
-) -> Dict[str, torch.Tensor]:
-    """
-    Rewrite a 0.x head's three 1x1 convolutions for the package's convention (see the module
-    doc). Exact: the decoded boxes are the 0.x boxes as physical boxes.
-
-    Args:
-        conv_weights: ``{"conv_cls.weight", "conv_cls.bias", "conv_reg.weight", "conv_reg.bias",
-            "conv_dir.weight", "conv_dir.bias"}`` in the 0.x channel layout.
-        layout (HeadLayout): anchors, classes and code size of the model.
-
-    Returns:
-        dict: the same keys, converted (new tensors).
-    """
-    pairs = _legacy_rotation_pairs(layout.rotations)
-    num_rot = len(layout.rotations)
-    # destination anchor a = s * R + r takes source anchor s * R + pairs[r][0]
-    source_anchor = [
-        s * num_rot + pairs[r][0] for s in range(layout.num_sizes) for r in range(num_rot)
-    ]
-    yaw_bias = torch.tensor(
-        [pairs[r][1] for _ in range(layout.num_sizes) for r in range(num_rot)], dtype=torch.float64
-    )
-    num_anchors = len(source_anchor)
-    per_anchor = {"conv_cls": layout.num_classes, "conv_reg": layout.code_size, "conv_dir": 2}
-    out = {}
-    for conv, k in per_anchor.items():
-        for param in ("weight", "bias"):
-            key = f"{conv}.{param}"
-            t = conv_weights[key]
-            if t.shape[0] != num_anchors * k:
-                raise MMDet3DCheckpointError(
-                    f"{key} has {t.shape[0]} output channels, but the config's head has "
-                    f"{num_anchors} anchors x {k} = {num_anchors * k}"
-                )
-            t = t.reshape(num_anchors, k, *t.shape[1:])[source_anchor].clone()
-            if conv == "conv_reg":
-                t[:, [3, 4]] = t[:, [4, 3]]  # residuals (w, l) -> (l, w)
-                t[:, 6] = -t[:, 6]  # yaw = -yaw0 - pi/2 ...
-                if param == "bias":  # ... - r0 - pi/2 relative to the anchor's rotation r
-                    t[:, 6] = (t[:, 6].double() + yaw_bias).to(t.dtype)
-            out[key] = t.reshape(num_anchors * k, *t.shape[2:])
-    return out
-
-
-def legacy_dir_offset() -> float:
-    """The package-frame direction offset equivalent to the 0.x offset (radians)."""
-    return math.pi / 2 - LEGACY_DIR_OFFSET
-
-
-# ------------------------------------------------------------------------------------------------ #
 # Conversion
 # ------------------------------------------------------------------------------------------------ #
 @dataclass
@@ -458,7 +357,11 @@ def convert_mmdet3d_state_dict(
         dir_key = head_prefix + "dir_offset"
         if convention == "0.x":
             convs = {k[len(head_prefix) :]: v for k, v in out.items() if k.startswith(head_prefix)}
-            for k, v in legacy_head_to_current(convs, layout).items():
+            try:
+                converted = legacy_head_to_current(convs, layout)
+            except LegacyHeadError as e:
+                raise MMDet3DCheckpointError(f"{src_name}: {e}") from e
+            for k, v in converted.items():
                 out[head_prefix + k] = v
             report.dir_offset = legacy_dir_offset()
             report.notes.append(
