@@ -24,6 +24,7 @@ from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 import torch
 from tabulate import tabulate
 
+from d2_pillars.modeling.anchor_head import Anchor3DHead
 from d2_pillars.structures import BOX_CONVENTION_VERSION
 from d2_pillars.utils.file_io import atomic_open
 
@@ -345,13 +346,10 @@ def convert_mmdet3d_state_dict(
         out[target] = value.detach().to(model_state[target].dtype).clone()
         report.mapped.append((key, target, tuple(value.shape), component))
     if unplaced:
-        shown = ", ".join(unplaced[:5]) + (
-            f", ... ({len(unplaced)} in all)" if len(unplaced) > 5 else ""
-        )
         raise MMDet3DCheckpointError(
             f"{src_name}: {len(unplaced)} tensors have no place in {config_name}'s model: "
-            f"{shown}. Use the d2_pillars config of the same mmdetection3d model (README, model "
-            "zoo)."
+            f"{_first_few(unplaced)}. Use the d2_pillars config of the same mmdetection3d model "
+            "(README, model zoo)."
         )
     if head_prefix is not None:
         dir_key = head_prefix + "dir_offset"
@@ -375,19 +373,20 @@ def convert_mmdet3d_state_dict(
             out[dir_key] = torch.tensor(report.dir_offset, dtype=torch.float64)
     missing = [k for k in model_keys if k not in out]
     if missing:
-        shown = ", ".join(missing[:5]) + (
-            f", ... ({len(missing)} in all)" if len(missing) > 5 else ""
-        )
         raise MMDet3DCheckpointError(
             f"{src_name} does not provide {len(missing)} tensors of {config_name}'s model: "
-            f"{shown}. The checkpoint is of another mmdetection3d model; use the matching config."
+            f"{_first_few(missing)}. The checkpoint is of another mmdetection3d model; use the "
+            "matching config."
         )
     return OrderedDict((k, out[k]) for k in model_keys), report
 
 
-def _model_and_layout(model):
-    from d2_pillars.modeling.anchor_head import Anchor3DHead
+def _first_few(keys: Sequence[str], few: int = 5) -> str:
+    more = f", ... ({len(keys)} in all)" if len(keys) > few else ""
+    return ", ".join(keys[:few]) + more
 
+
+def _model_and_layout(model):
     heads = [m for m in model.modules() if isinstance(m, Anchor3DHead)]
     if len(heads) != 1:
         raise MMDet3DCheckpointError(
