@@ -4,7 +4,7 @@
 convolutions; opset :data:`OPSET`; the number of pillars is a dynamic axis), ``config.yaml``
 (the config it was exported with, ready for ``MODEL.BACKEND onnxruntime``) and ``export.json``
 (the check's figures). Before it reports success it runs the graph with onnxruntime on a real
-frame and compares every output with the eager model's (the sparse pillar net of
+frame and compares every output with the eager model's (the blocked pillar net of
 ``PillarFeatureNet.forward``, the eager scatter, backbone and head): the export fails when the
 largest difference exceeds ``rtol`` times the output's largest magnitude.
 """
@@ -24,7 +24,7 @@ import torch
 from ..layers import collate_voxels
 from ..structures import BOX_CONVENTION_VERSION
 from ._deps import require
-from .network import INPUT_NAMES, NotExportableError, exportable_copy
+from .network import NotExportableError, exportable_copy, graph_inputs, input_names
 
 __all__ = [
     "OPSET",
@@ -200,15 +200,17 @@ def _build_eager_model(cfg):
 
 
 def _metadata(cfg, model, network, example, opset):
+    voxels = example[0]
     with torch.no_grad():
-        voxels, num_points, coords = example
-        canvas = network.scatter(network.pillar_net(voxels, num_points, coords), coords, 1)
+        features, coords = network.pillar_net(*_tracing_inputs(example, network.variant))
+        canvas = network.scatter(features, coords, 1)
         maps = network.backbone(canvas)
     grid_sizes = [[int(s) for s in maps[f].shape[-2:]] for f in network.in_features]
     return {
         "metadata_version": METADATA_VERSION,
         "opset": opset,
-        "inputs": list(INPUT_NAMES),
+        "pillar_net": network.variant,
+        "inputs": list(network.input_names),
         "outputs": network.output_names,
         "in_features": list(network.in_features),
         "grid_sizes": grid_sizes,
@@ -217,8 +219,8 @@ def _metadata(cfg, model, network, example, opset):
         "num_classes": int(model.head.num_classes),
         "code_size": int(model.head.code_size),
         "dir_offset": float(model.head.dir_offset),
-        "max_points_per_voxel": int(example[0].shape[1]),
-        "point_channels": int(example[0].shape[2]),
+        "max_points_per_voxel": int(voxels.shape[1]),
+        "point_channels": int(voxels.shape[2]),
         "box_convention_version": BOX_CONVENTION_VERSION,
         "config": exported_config_values(cfg),
         "weights": str(cfg.MODEL.WEIGHTS),
@@ -239,10 +241,28 @@ def _quiet_loggers(*names):
             lg.setLevel(level)
 
 
+def _tracing_inputs(example, variant):
+    """The graph inputs of ``example`` for tracing: a group (bucket) with fewer than 2 pillars is
+    replaced by 2 placeholder pillars, so that no size 0 or 1 is specialised into the graph (the
+    values only serve to trace; the check runs the real frame)."""
+    inputs = list(graph_inputs(*example, variant))
+    for k in range(0, len(inputs), 3):
+        voxels, num_points, coords = inputs[k : k + 3]
+        if voxels.shape[0] < 2:
+            inputs[k] = voxels.new_zeros((2,) + tuple(voxels.shape[1:]))
+            inputs[k + 1] = num_points.new_ones(2)
+            inputs[k + 2] = coords.new_zeros(2, 4)
+    return tuple(inputs)
+
+
 def _torch_export(network, example, path, opset):
     require("onnxscript", "ONNX export (torch.onnx's exporter)")
-    num_pillars = torch.export.Dim("num_pillars", min=1, max=2**24)
-    dynamic = {name: {0: num_pillars} for name in INPUT_NAMES}
+    # forward(*inputs): one dynamic-shape spec per input, in order; each (voxels, num_points,
+    # coords) group has its own number of pillars
+    names = network.input_names
+    dims = [torch.export.Dim(f"pillars_{k // 3}", min=1, max=2**24) for k in range(len(names))]
+    dynamic = {"inputs": tuple({0: dims[3 * (k // 3)]} for k in range(len(names)))}
+    example = _tracing_inputs(example, network.variant)
     # the exporter warns and logs about its own internals (deprecations, graph passes)
     try:
         with warnings.catch_warnings(), _quiet_loggers("onnxscript", "onnx_ir", "torch.onnx"):
@@ -251,7 +271,7 @@ def _torch_export(network, example, path, opset):
                 network,
                 tuple(example),
                 path,
-                input_names=list(INPUT_NAMES),
+                input_names=list(network.input_names),
                 output_names=network.output_names,
                 opset_version=opset,
                 dynamo=True,
@@ -300,6 +320,7 @@ def export_onnx(
     sample: Optional[dict] = None,
     rtol: float = 1e-4,
     opset: int = OPSET,
+    pillar_net: str = "bucketed",
 ) -> ExportReport:
     """
     Export the network of ``cfg`` (weights ``MODEL.WEIGHTS``, or ``model``) to
@@ -314,6 +335,8 @@ def export_onnx(
         rtol: the check fails when ``max |onnxruntime - torch| > rtol * max |torch|`` for an
             output.
         opset: ONNX opset.
+        pillar_net: "bucketed" (default: pillars grouped by point count) or "dense" (one
+            ``(V, M, C)`` input), see :mod:`d2_pillars.deploy.network`.
 
     Returns:
         ExportReport
@@ -331,10 +354,10 @@ def export_onnx(
         model = _build_eager_model(cfg)
     if model.training:
         raise ValueError("export_onnx: call model.eval() first (inference export)")
-    network = exportable_copy(model)
     if sample is None:
         sample = synthetic_check_sample(cfg)
     voxels, num_points, coords = model_inputs(sample)
+    network = exportable_copy(model, pillar_net, max_points=voxels.shape[1])
     if voxels.shape[0] == 0:
         raise ValueError("the check sample has no pillar inside INPUT.POINT_CLOUD_RANGE")
 
@@ -394,10 +417,13 @@ def check_onnx(path: str, model, sample, *, rtol: float = 1e-4, raise_error: boo
     session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
     names = [o.name for o in session.get_outputs()]
     metadata = json.loads(session.get_modelmeta().custom_metadata_map.get(METADATA_KEY, "{}"))
+    variant = metadata.get("pillar_net", "dense")
+    max_points = int(inputs[0].shape[1])
     report = ExportReport(path=path, opset=int(metadata.get("opset", -1)), num_pillars=[])
     report.rtol = rtol
     for frame in _check_frames(*inputs):
-        feeds = {n: t.numpy() for n, t in zip(INPUT_NAMES, frame)}
+        frame_inputs = graph_inputs(*frame, variant)
+        feeds = {n: t.numpy() for n, t in zip(input_names(variant, max_points), frame_inputs)}
         actual = session.run(names, feeds)
         reference = eager_network_outputs(model, *frame)
         report.num_pillars.append(int(frame[0].shape[0]))

@@ -5,8 +5,19 @@
 :func:`exportable_copy`) into a module whose ``forward`` uses only operations with static shapes
 besides the number of pillars V:
 
-- the pillar net through :meth:`PillarFeatureNet.forward_dense` (the dense ``(V, M, C)``
-  formulation of the eval-mode pillar net, both padded-slot modes);
+- the pillar net through :meth:`PillarFeatureNet.forward_dense` (dense per-pillar operations on
+  ``(V, M, C)`` voxels, exact for both padded-slot modes), in one of two layouts
+  (``pillar_net``):
+
+  - ``"bucketed"`` (default): the pillars are grouped outside the graph by their number of
+    points into buckets of ``M_b = 2, 4, 8, ... < M`` slots (``n < M_b``, so every pillar of a
+    bucket keeps at least one padded slot, as in the full tensor) and ``M``; the graph runs
+    ``forward_dense`` on each bucket and concatenates. Each pillar's result is that of the full
+    ``(V, M, C)`` tensor (its padded slots are identical rows, and at least one is present
+    whenever the full tensor has one), at a fraction of the work: a 10-sweep nuScenes frame
+    (M = 64, 14.7 points per pillar) has 0.30 M bucketed rows instead of 1.04 M;
+  - ``"dense"``: one ``(V, M, C)`` input, ``V * M`` rows;
+
 - the scatter through :class:`PillarScatter` in its channels-last formulation: one
   ``index_put`` of the ``(V, C)`` features into a flat ``(1, ny * nx, C)`` canvas (ONNX
   ``ScatterND``), viewed as ``(1, C, ny, nx)``;
@@ -30,12 +41,60 @@ __all__ = [
     "exportable_copy",
     "split_outputs",
     "INPUT_NAMES",
+    "bucket_sizes",
+    "PILLAR_NET_VARIANTS",
+    "input_names",
+    "graph_inputs",
     "output_names",
 ]
 
-#: Graph inputs: voxels (V, M, C) float32, num_points (V,) int32, coords (V, 4) int32 (b, z, y, x).
+#: Graph inputs of the dense pillar net: voxels (V, M, C) float32, num_points (V,) int32,
+#: coords (V, 4) int32 (b, z, y, x).
 INPUT_NAMES = ("voxels", "num_points", "coords")
+PILLAR_NET_VARIANTS = ("bucketed", "dense")
 _KINDS = ("cls", "reg", "dir")
+
+
+def bucket_sizes(max_points: int) -> List[int]:
+    """Slots of the buckets of the "bucketed" layout: 2, 4, 8, ... below ``max_points``, then
+    ``max_points``."""
+    sizes, m = [], 2
+    while m < max_points:
+        sizes.append(m)
+        m *= 2
+    return sizes + [int(max_points)]
+
+
+def input_names(pillar_net: str, max_points: int) -> List[str]:
+    """The graph's input names for a pillar-net layout (``max_points``: M of the voxels)."""
+    _check_variant(pillar_net)
+    if pillar_net == "dense":
+        return list(INPUT_NAMES)
+    return [f"{name}_{m}" for m in bucket_sizes(max_points) for name in INPUT_NAMES]
+
+
+def _check_variant(pillar_net):
+    if pillar_net not in PILLAR_NET_VARIANTS:
+        raise ValueError(f"pillar_net must be one of {PILLAR_NET_VARIANTS}, got {pillar_net!r}")
+
+
+def graph_inputs(voxels: Tensor, num_points: Tensor, coords: Tensor, pillar_net: str):
+    """The graph inputs (see :func:`input_names`) of one sample's ``(voxels, num_points,
+    coords)``: as they are for "dense"; for "bucketed", per bucket of ``M_b`` slots the pillars
+    with ``previous M_b <= n < M_b`` points (the last bucket: ``n >= previous M_b``), their first
+    ``M_b`` slots, point counts and cells."""
+    _check_variant(pillar_net)
+    if pillar_net == "dense":
+        return voxels, num_points, coords
+    max_points = voxels.shape[1]
+    n = num_points.long()
+    out, low = [], 0
+    for m in bucket_sizes(max_points):
+        select = (n >= low) & (n < m) if m < max_points else n >= low
+        index = select.nonzero(as_tuple=True)[0]
+        out += [voxels[index, :m], num_points[index], coords[index]]
+        low = m
+    return tuple(out)
 
 
 class NotExportableError(ValueError):
@@ -86,14 +145,21 @@ def _check_exportable(model):
 
 
 class _DensePillarNet(nn.Module):
-    """Calls the encoder's dense formulation as a module (its own name scope in the graph)."""
+    """The encoder's dense formulation on each ``(voxels, num_points, coords)`` group of the
+    inputs (one group: "dense"; one per bucket: "bucketed"), as a module (its own name scope in
+    the graph). Returns the concatenated features and cells."""
 
     def __init__(self, encoder: nn.Module):
         super().__init__()
         self.encoder = encoder
 
-    def forward(self, voxels: Tensor, num_points: Tensor, coords: Tensor) -> Tensor:
-        return self.encoder.forward_dense(voxels, num_points, coords)
+    def forward(self, *inputs: Tensor) -> Tuple[Tensor, Tensor]:
+        groups = [inputs[k : k + 3] for k in range(0, len(inputs), 3)]
+        features = [self.encoder.forward_dense(v, n, c) for v, n, c in groups]
+        coords = [c for _, _, c in groups]
+        if len(groups) == 1:
+            return features[0], coords[0]
+        return torch.cat(features), torch.cat(coords)
 
 
 class PillarsNetwork(nn.Module):
@@ -102,12 +168,19 @@ class PillarsNetwork(nn.Module):
     ``cls_<level>`` (1, N_l, num_classes), ``reg_<level>`` (1, N_l, code_size), ``dir_<level>``
     (1, N_l, 2) for each of ``head_in_features`` (see :func:`output_names`). Inference only.
 
-    The batch column of ``coords`` must be 0 (one sample per call).
+    The batch column of ``coords`` must be 0 (one sample per call). The inputs are those of
+    :func:`input_names` for ``pillar_net`` and ``max_points`` (``INPUT.MAX_POINTS_PER_VOXEL``),
+    made by :func:`graph_inputs`.
     """
 
-    def __init__(self, model: nn.Module):
+    def __init__(self, model: nn.Module, pillar_net: str = "bucketed", max_points: int = 0):
         super().__init__()
         model = _check_exportable(model)
+        _check_variant(pillar_net)
+        if max_points < 1:
+            raise ValueError("PillarsNetwork needs max_points (INPUT.MAX_POINTS_PER_VOXEL)")
+        self.variant = pillar_net
+        self.max_points = int(max_points)
         self.pillar_net = _DensePillarNet(model.pillar_encoder)
         nx, ny = model.scatter.grid_size
         self.scatter = PillarScatter(nx=nx, ny=ny, channels_last=True)
@@ -120,8 +193,12 @@ class PillarsNetwork(nn.Module):
     def output_names(self) -> List[str]:
         return output_names(self.in_features)
 
-    def forward(self, voxels: Tensor, num_points: Tensor, coords: Tensor) -> Tuple[Tensor, ...]:
-        features = self.pillar_net(voxels, num_points, coords)
+    @property
+    def input_names(self) -> List[str]:
+        return input_names(self.variant, self.max_points)
+
+    def forward(self, *inputs: Tensor) -> Tuple[Tensor, ...]:
+        features, coords = self.pillar_net(*inputs)
         canvas = self.scatter(features, coords, 1)
         maps = self.backbone(canvas)
         logits, deltas, dirs = self.head([maps[f] for f in self.in_features])
@@ -142,7 +219,7 @@ def split_outputs(outputs: Sequence[Tensor], num_levels: int):
     return list(outputs[:n]), list(outputs[n : 2 * n]), list(outputs[2 * n :])
 
 
-def exportable_copy(model: nn.Module) -> PillarsNetwork:
+def exportable_copy(model: nn.Module, pillar_net: str = "bucketed", max_points: int = 0):
     """A :class:`PillarsNetwork` over a deep copy of ``model`` in eval mode, with the dense part
     in the default (NCHW-contiguous) memory format: the graph does not depend on
     ``MODEL.CHANNELS_LAST``, and ``model`` itself is left untouched."""
@@ -150,4 +227,4 @@ def exportable_copy(model: nn.Module) -> PillarsNetwork:
     model = copy.deepcopy(model).eval()
     model.backbone.to(memory_format=torch.contiguous_format)
     model.head.to(memory_format=torch.contiguous_format)
-    return PillarsNetwork(model)
+    return PillarsNetwork(model, pillar_net, max_points)

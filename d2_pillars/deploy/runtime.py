@@ -28,7 +28,7 @@ from ..engine.trainer import INFERENCE_BACKEND_REGISTRY
 from ..modeling.anchor_head import build_anchor3d_head
 from ._deps import require
 from .export import METADATA_KEY, exported_config_values, model_inputs
-from .network import split_outputs
+from .network import bucket_sizes, graph_inputs, split_outputs
 
 __all__ = [
     "OnnxPointPillars",
@@ -84,6 +84,11 @@ def _provider_options(providers, metadata, cfg, cache_dir):
     v_max = max(int(cfg.INPUT.MAX_VOXELS_TEST), 1)
 
     def shapes(v):
+        if metadata.get("pillar_net") == "bucketed":
+            return ",".join(
+                f"voxels_{b}:{v}x{b}x{c},num_points_{b}:{v},coords_{b}:{v}x4"
+                for b in bucket_sizes(m)
+            )
         return f"voxels:{v}x{m}x{c},num_points:{v},coords:{v}x4"
 
     for p in providers:
@@ -174,6 +179,8 @@ class OnnxPointPillars(nn.Module):
             provider_options=_provider_options(self.providers, self.metadata, cfg, cache),
         )
         self.output_names = list(self.metadata["outputs"])
+        self.input_names = list(self.metadata["inputs"])
+        self.pillar_net = self.metadata.get("pillar_net", "dense")
         self.postprocess = _PostProcessing(cfg, self.metadata)
         self._device = torch.device(cfg.MODEL.DEVICE)
         self.train(False)
@@ -224,15 +231,22 @@ class OnnxPointPillars(nn.Module):
             )
         return super().train(False)
 
-    def run_network(self, voxels, num_points, coords) -> List[torch.Tensor]:
-        """The graph on one sample's ``(voxels, num_points, coords)`` (see :func:`model_inputs`);
-        returns its outputs as CPU tensors, in :data:`output_names` order."""
-        feeds = {
-            "voxels": voxels.detach().cpu().float().numpy(),
-            "num_points": num_points.detach().cpu().to(torch.int32).numpy(),
-            "coords": coords.detach().cpu().to(torch.int32).numpy(),
-        }
+    def graph_feeds(self, voxels, num_points, coords) -> Dict:
+        """The graph's numpy inputs for one sample's ``(voxels, num_points, coords)`` (see
+        :func:`model_inputs`); for the bucketed layout, the pillars are grouped here."""
+        voxels = voxels.detach().cpu().float()
+        num_points = num_points.detach().cpu().to(torch.int32)
+        coords = coords.detach().cpu().to(torch.int32)
+        inputs = graph_inputs(voxels, num_points, coords, self.pillar_net)
+        return {n: t.contiguous().numpy() for n, t in zip(self.input_names, inputs)}
+
+    def run_graph(self, feeds) -> List[torch.Tensor]:
+        """``session.run``; the outputs as CPU tensors, in :attr:`output_names` order."""
         return [torch.from_numpy(o) for o in self.session.run(self.output_names, feeds)]
+
+    def run_network(self, voxels, num_points, coords) -> List[torch.Tensor]:
+        """The graph on one sample's ``(voxels, num_points, coords)``."""
+        return self.run_graph(self.graph_feeds(voxels, num_points, coords))
 
     @torch.no_grad()
     def forward(self, batched_inputs: List[Dict]):

@@ -29,6 +29,7 @@ from d2_pillars.deploy.export import (
     eager_network_outputs,
     synthetic_check_record,
 )
+from d2_pillars.deploy.network import graph_inputs
 from d2_pillars.engine import PillarsPredictor, build_pillars_model, load_config
 
 pytest.importorskip("onnxruntime")
@@ -100,7 +101,10 @@ def _check_against_eager(model, path, sample):
     session = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
     inputs = model_inputs(sample)
     names = [o.name for o in session.get_outputs()]
-    feeds = dict(zip(["voxels", "num_points", "coords"], (t.numpy() for t in inputs)))
+    variant = "dense" if session.get_inputs()[0].name == "voxels" else "bucketed"
+    feeds = {
+        i.name: t.numpy() for i, t in zip(session.get_inputs(), graph_inputs(*inputs, variant))
+    }
     actual = session.run(names, feeds)
     reference = eager_network_outputs(model, *inputs)
     diffs = compare_outputs(names, reference, actual)
@@ -117,6 +121,10 @@ def test_demo_config_exports_and_matches_eager(demo_export):
     v = sample["voxels"].shape[0]
     assert report.num_pillars == [v, v // 2]  # two pillar counts: the axis is dynamic
     names, actual = _check_against_eager(predictor.model, report.path, sample)
+    # M = 20: buckets of 2, 4, 8, 16 and 20 slots
+    graph_input_names = OnnxPointPillars(_onnx_cfg(cfg, out)).input_names
+    assert graph_input_names[:3] == ["voxels_2", "num_points_2", "coords_2"]
+    assert len(graph_input_names) == 15
     assert names == [f"{k}_{f}" for k in ("cls", "reg", "dir") for f in ("p1", "p2", "p3")]
     assert actual[0].shape == (1, 64 * 64 * 8, 10)  # 128 x 128 grid, stride 2, 8 anchors
     # the eager model is left as it was (channels-last weights, eval mode)
@@ -130,11 +138,22 @@ def test_seed_config_exports_at_reduced_grid(record, tmp_path):
     assert cfg.MODEL.PILLAR_FEATURE_NET.PADDED_SLOTS is True  # the reference's HardVFE mode
     torch.manual_seed(1)
     model = build_pillars_model(cfg).eval()
+    with torch.no_grad():
+        model.head.conv_cls.bias.zero_()  # boxes above the score threshold
     sample = PointCloudMapper(cfg, is_train=False)(record)
     assert sample["voxels"].shape[1] == cfg.INPUT.MAX_POINTS_PER_VOXEL
+    # bucketed pillar net (the default) with padded slots: every pillar of a bucket keeps one
     report = export_onnx(cfg, str(tmp_path), model=model, sample=sample)
     assert report.worst_rel_diff <= 1e-4
     _check_against_eager(model, report.path, sample)
+    onnx_model = OnnxPointPillars(_onnx_cfg(cfg, str(tmp_path)))
+    # M = 64: buckets of 2 .. 32 and 64 slots
+    assert [n for n in onnx_model.input_names if n.startswith("voxels")] == [
+        f"voxels_{m}" for m in (2, 4, 8, 16, 32, 64)
+    ]
+    (eager,) = model([sample])
+    (ours,) = onnx_model([sample])
+    _same_instances(eager["instances"], ours["instances"])
 
 
 def _same_instances(a, b, atol=1e-4):
@@ -311,7 +330,9 @@ def test_tools_export_then_eval_only_with_onnxruntime(tmp_path):
     onnx_dir = str(tmp_path / "onnx")
     proc = _run(
         "tools/deploy/export_model.py",
-        ["--config-file", DEMO, "--output", onnx_dir, *TINY, "MODEL.WEIGHTS", weights],
+        # the one-input dense pillar-net layout here (the other tests export the bucketed one)
+        ["--config-file", DEMO, "--output", onnx_dir, "--pillar-net", "dense"]
+        + [*TINY, "MODEL.WEIGHTS", weights],
         str(datasets),
     )
     assert "max relative difference" in proc.stdout

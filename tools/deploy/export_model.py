@@ -36,6 +36,13 @@ def parse_args(argv=None):
     parser.add_argument("--format", choices=["onnx"], default="onnx")
     parser.add_argument("--opset", type=int, default=OPSET, help=f"ONNX opset (default {OPSET})")
     parser.add_argument("--rtol", type=float, default=1e-4, help="check tolerance (relative)")
+    parser.add_argument(
+        "--pillar-net",
+        choices=["bucketed", "dense"],
+        default="bucketed",
+        help="pillar-net layout in the graph: pillars grouped by point count into buckets of "
+        "2, 4, 8, ... slots (default) or one (V, M, C) tensor (one input; more work)",
+    )
     parser.add_argument("--dataset", default="", help="check on a sample of this dataset")
     parser.add_argument("--index", type=int, default=0, help="sample index in --dataset")
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides KEY VALUE ...")
@@ -57,7 +64,14 @@ def main(argv=None):
     try:
         cfg = load_config(args.config_file, args.opts)
         sample = _dataset_sample(cfg, args.dataset, args.index) if args.dataset else None
-        report = export_onnx(cfg, args.output, sample=sample, rtol=args.rtol, opset=args.opset)
+        report = export_onnx(
+            cfg,
+            args.output,
+            sample=sample,
+            rtol=args.rtol,
+            opset=args.opset,
+            pillar_net=args.pillar_net,
+        )
     except (DeployDependencyError, NotExportableError, ExportCheckError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
