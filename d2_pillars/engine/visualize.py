@@ -26,7 +26,7 @@ from ..data.display import ego_yaw_in_lidar, ground_truth_of, load_display_point
 from ..evaluation.results_io import ResultsFileError, load_lyft_results, load_nuscenes_results
 from ..structures import LiDARBoxes
 from ..visualization import VisSample, save_samples, show_samples
-from ..visualization.open3d_scene import has_display
+from ..visualization.open3d_viewer import has_display
 from .defaults import load_config
 from .trainer import build_pillars_model
 

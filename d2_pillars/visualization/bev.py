@@ -14,160 +14,26 @@ Images are RGB ``uint8`` arrays of shape ``(size, size, 3)``; :func:`save_png` w
 Drawing conventions: points coloured by height or time lag (dimmed colormap); ground-truth boxes
 as solid lines, predictions dashed and thinner, both in the colour of their class; a heading mark
 (centre to the middle of the front face) on every box; range rings around the sensor; a legend
-with the classes shown, the line styles, the score threshold and the point colour scale.
+with the classes shown, the line styles, the score threshold and the point colour scale. The
+colours and dashes are those of the Open3D scenes too (:mod:`.style`); the legend is also drawn
+over the 3D images (:mod:`.open3d_render`).
 """
 
-import logging
 import math
 import numpy as np
-import os
 from dataclasses import dataclass
 from typing import Optional, Sequence, Tuple
 import cv2
 import torch
 
-from d2_pillars.structures import LiDARBoxes
 from d2_pillars.utils.file_io import atomic_write_bytes
 
-__all__ = [
-    "BEVProjector",
-    "BEVVisualizer",
-    "class_color",
-    "draw_legend",
-    "colorize_points",
-    "render_bev",
-    "save_png",
-    "save_bev_examples",
-    "match_by_center_distance",
-]
+from .inputs import as_numpy, box_labels, box_scores, to_boxes
+from .style import BACKGROUND, class_color, colorize_points, colormap, dash_segments
 
-logger = logging.getLogger(__name__)
+__all__ = ["BEVProjector", "BEVVisualizer", "draw_legend", "render_bev", "save_png"]
 
-#: RGB class colours, indexed by label; chosen to stand out on the dark background and from
-#: each other. Labels beyond the list get evenly spaced hues.
-CLASS_COLORS = (
-    (255, 140, 0),  # orange
-    (0, 190, 255),  # sky blue
-    (255, 50, 50),  # red
-    (60, 220, 60),  # green
-    (255, 0, 255),  # magenta
-    (255, 255, 0),  # yellow
-    (150, 110, 255),  # violet
-    (0, 255, 190),  # aquamarine
-    (255, 160, 200),  # pink
-    (255, 255, 255),  # white
-)
-#: Colour of boxes whose label is negative (unmapped / ignored ground truth).
-IGNORED_COLOR = (128, 128, 128)
-BACKGROUND = (16, 16, 20)
 RING_COLOR = (70, 70, 80)
-POINT_BRIGHTNESS = 0.8  # points are dimmed so that boxes stand out
-
-
-def class_color(label: int) -> Tuple[int, int, int]:
-    """RGB colour (0-255 ints) of a class label; negative labels are grey."""
-    label = int(label)
-    if label < 0:
-        return IGNORED_COLOR
-    if label < len(CLASS_COLORS):
-        return CLASS_COLORS[label]
-    hue = (label * 0.618033988749895) % 1.0  # golden-ratio hue steps
-    hsv = np.array([[[hue * 179, 220, 255]]], dtype=np.uint8)
-    r, g, b = cv2.cvtColor(hsv, cv2.COLOR_HSV2RGB)[0, 0]
-    return int(r), int(g), int(b)
-
-
-def _colormap(values01: np.ndarray) -> np.ndarray:
-    """(N,) values in [0, 1] -> (N, 3) uint8 RGB (OpenCV's turbo colormap, dimmed)."""
-    idx = np.clip(np.round(values01 * 255), 0, 255).astype(np.uint8)
-    lut = cv2.applyColorMap(np.arange(256, dtype=np.uint8)[:, None], cv2.COLORMAP_TURBO)[:, 0, ::-1]
-    lut = (lut.astype(np.float32) * POINT_BRIGHTNESS).astype(np.uint8)
-    return lut[idx]
-
-
-def _as_numpy(x) -> np.ndarray:
-    if isinstance(x, torch.Tensor):
-        return x.detach().cpu().numpy()
-    return np.asarray(x)
-
-
-def colorize_points(
-    points,
-    color_by: str = "height",
-    point_features: Optional[Sequence[str]] = None,
-    value_range: Optional[Tuple[float, float]] = None,
-):
-    """Colours of points for display.
-
-    Args:
-        points: (N, C) array or tensor; ``x, y, z`` are the first three columns.
-        color_by: ``"height"`` (z) or ``"time_lag"`` (seconds since the keyframe; newest points
-            are drawn last).
-        point_features: names of the C columns (``INPUT.POINT_FEATURES``); needed to find the
-            ``time_lag`` column.
-        value_range: (lo, hi) mapped to the ends of the colormap; default: z in [-3, 3] m, time
-            lag in [0, max(time_lag)] s.
-
-    Returns:
-        colors (N, 3) uint8 RGB, values (N,) float (what was coloured), value_range (lo, hi).
-    """
-    points = _as_numpy(points)
-    if points.ndim != 2 or points.shape[1] < 3:
-        raise ValueError(f"points must have shape (N, >=3) with x, y, z first; got {points.shape}")
-    if color_by == "height":
-        values = points[:, 2].astype(np.float64)
-        lo, hi = value_range if value_range is not None else (-3.0, 3.0)
-    elif color_by == "time_lag":
-        names = list(point_features) if point_features is not None else []
-        if "time_lag" not in names:
-            raise ValueError(
-                f"color_by='time_lag' needs a 'time_lag' point column; point_features={names!r} "
-                "(set INPUT.POINT_FEATURES to include time_lag, or use color_by='height')"
-            )
-        col = names.index("time_lag")
-        if col >= points.shape[1]:
-            raise ValueError(f"points have {points.shape[1]} columns, time_lag is column {col}")
-        values = points[:, col].astype(np.float64)
-        if value_range is not None:
-            lo, hi = value_range
-        else:
-            lo, hi = 0.0, float(values.max()) if values.size else 0.0
-            hi = max(hi, 0.05)
-    else:
-        raise ValueError(f"color_by must be 'height' or 'time_lag', got {color_by!r}")
-    scaled = (values - lo) / max(hi - lo, 1e-6)
-    if color_by == "time_lag":
-        scaled = 1.0 - scaled  # newest (lag 0) at the warm end of the colormap
-    return _colormap(np.clip(scaled, 0.0, 1.0)), values, (float(lo), float(hi))
-
-
-def _to_boxes(boxes) -> LiDARBoxes:
-    if boxes is None:
-        return LiDARBoxes(torch.zeros(0, 7))
-    if isinstance(boxes, LiDARBoxes):
-        return boxes
-    return LiDARBoxes(torch.as_tensor(_as_numpy(boxes), dtype=torch.float32))
-
-
-def _per_box(values, n: int, name: str, dtype, default) -> np.ndarray:
-    """(n,) ``dtype`` array of one ``name`` value per box, from an array / tensor / list; None:
-    all ``default``. Raises ValueError when the count is not ``n``."""
-    if values is None:
-        return np.full(n, default, dtype)
-    values = _as_numpy(values).astype(dtype).reshape(-1)
-    if values.shape[0] != n:
-        raise ValueError(f"{n} boxes but {values.shape[0]} {name}")
-    return values
-
-
-def _box_labels(labels, n: int) -> np.ndarray:
-    """(n,) int64 class indices; None: all 0."""
-    return _per_box(labels, n, "labels", np.int64, 0)
-
-
-def _box_scores(scores, n: int) -> np.ndarray:
-    """(n,) float64 scores; None: all 1.0 (boxes without scores count as certain)."""
-    return _per_box(scores, n, "scores", np.float64, 1.0)
 
 
 @dataclass
@@ -191,7 +57,7 @@ class BEVProjector:
 
     def to_pixel(self, xy) -> np.ndarray:
         """(..., 2) meters -> (..., 2) float pixel coordinates ``(u, v)``."""
-        xy = _as_numpy(xy).astype(np.float64)
+        xy = as_numpy(xy).astype(np.float64)
         half = self.size / 2
         u = half - (xy[..., 1] - self.center[1]) / self.meters_per_pixel - 0.5
         v = half - (xy[..., 0] - self.center[0]) / self.meters_per_pixel - 0.5
@@ -210,20 +76,6 @@ def _line_width(style: str, scale: float) -> int:
     if style == "gt":
         return max(2, int(math.floor(3 * scale + 0.5)))
     return max(1, int(math.floor(2 * scale + 0.5)))
-
-
-def _dash_segments(p0: np.ndarray, p1: np.ndarray, dash: float, gap: float) -> np.ndarray:
-    """Split segments (E, 2) -> (E, 2) into dashes; returns (D, 2, 2) pixel segments."""
-    length = np.linalg.norm(p1 - p0, axis=1)
-    period = dash + gap
-    n = np.maximum(np.ceil(length / period).astype(np.int64), 1)
-    seg = np.repeat(np.arange(len(n)), n)
-    k = np.arange(n.sum()) - np.repeat(np.cumsum(n) - n, n)
-    safe = np.maximum(length[seg], 1e-9)
-    t0 = np.clip(k * period / safe, 0, 1)
-    t1 = np.clip((k * period + dash) / safe, 0, 1)
-    d = (p1 - p0)[seg]
-    return np.stack([p0[seg] + d * t0[:, None], p0[seg] + d * t1[:, None]], axis=1)
 
 
 class BEVVisualizer:
@@ -325,7 +177,7 @@ class BEVVisualizer:
     ):
         """Draw (N, C) points (x, y, z first) as squares of ``point_size`` pixels (default:
         ``round(size / 640)``, at least 1: 2 pixels at 1024). Higher / newer points are on top."""
-        points = _as_numpy(points)
+        points = as_numpy(points)
         if points.size == 0:
             return self
         colors, values, (lo, hi) = colorize_points(points, color_by, point_features, value_range)
@@ -360,15 +212,15 @@ class BEVVisualizer:
                 scores are predictions (dashed, thinner, score printed); without, ground truth.
             style: "gt" (solid) or "pred" (dashed) to override the choice above.
         """
-        boxes = _to_boxes(boxes)
+        boxes = to_boxes(boxes)
         n = len(boxes)
         style = style or ("gt" if scores is None else "pred")
         if style not in ("gt", "pred"):
             raise ValueError(f"style must be 'gt' or 'pred', got {style!r}")
-        labels = _box_labels(labels, n)
+        labels = box_labels(labels, n)
         keep = np.ones(n, dtype=bool)
         if scores is not None:
-            scores = _box_scores(scores, n)
+            scores = box_scores(scores, n)
             keep = scores >= score_thresh
         self._styles_shown[style] = (
             f"predictions (score >= {score_thresh:.2f})" if style == "pred" else "ground truth"
@@ -376,7 +228,7 @@ class BEVVisualizer:
         if n == 0 or not keep.any():
             return self
         idx = np.nonzero(keep)[0]
-        corners = _as_numpy(boxes[torch.as_tensor(idx)].corners())[:, :4, :2]  # (K, 4, 2)
+        corners = as_numpy(boxes[torch.as_tensor(idx)].corners())[:, :4, :2]  # (K, 4, 2)
         pix = self.projector.to_pixel(corners)  # (K, 4, 2)
         centre = pix.mean(axis=1)
         front = (pix[:, 0] + pix[:, 3]) / 2  # corners 0 and 3 are at +l/2 (the front face)
@@ -393,7 +245,7 @@ class BEVVisualizer:
             else:
                 p0 = pix[sel].reshape(-1, 2)
                 p1 = np.roll(pix[sel], -1, axis=1).reshape(-1, 2)
-                dashes = _dash_segments(p0, p1, dash=6 * self.scale + 2, gap=4 * self.scale + 1)
+                dashes = dash_segments(p0, p1, dash=6 * self.scale + 2, gap=4 * self.scale + 1)
                 cv2.polylines(
                     self.image, _fixed(dashes), False, color, thickness, cv2.LINE_AA, _SHIFT
                 )
@@ -520,7 +372,7 @@ def draw_legend(
             if style == "gt":
                 seg = np.stack([p0, p1], 1)
             else:
-                seg = _dash_segments(p0, p1, dash=6 * scale + 2, gap=4 * scale + 1)
+                seg = dash_segments(p0, p1, dash=6 * scale + 2, gap=4 * scale + 1)
             t = _line_width(style, scale)
             cv2.polylines(image, _fixed(seg), False, (230, 230, 230), t, cv2.LINE_AA, _SHIFT)
             text(desc, (tx, y))
@@ -530,7 +382,7 @@ def draw_legend(
             text(f"points: {label}", (x0 + pad, y))
             bar_w = box_w - 2 * pad
             t01 = np.linspace(0, 1, bar_w)
-            colors = _colormap(t01 if color_by == "height" else 1 - t01)
+            colors = colormap(t01 if color_by == "height" else 1 - t01)
             top = y + line_h // 2
             image[top : top + line_h, x0 + pad : x0 + pad + bar_w] = colors[None]
             y += row
@@ -591,7 +443,7 @@ def render_bev(
         vis.draw_boxes(
             pred_boxes,
             pred_labels,
-            _box_scores(pred_scores, len(_to_boxes(pred_boxes))),
+            box_scores(pred_scores, len(to_boxes(pred_boxes))),
             score_thresh,
             style="pred",
             show_scores=show_scores,
@@ -614,139 +466,3 @@ def save_png(path: str, image_rgb: np.ndarray) -> str:
         raise RuntimeError(f"OpenCV could not encode a PNG for {path}")
     atomic_write_bytes(path, buf.tobytes())
     return path
-
-
-# ---------------------------------------------------------------------------------------------- #
-# Best / worst examples for the evaluators
-# ---------------------------------------------------------------------------------------------- #
-def match_by_center_distance(
-    gt_boxes,
-    gt_labels,
-    pred_boxes,
-    pred_labels,
-    pred_scores,
-    score_thresh: float = 0.3,
-    dist_thresh: float = 2.0,
-):
-    """Per-sample detection quality: one-to-one matching of same-class predictions (score >=
-    ``score_thresh``) to ground truth by BEV centre distance < ``dist_thresh`` meters (the
-    nuScenes matching criterion), solved optimally (Hungarian, maximum number of matches).
-
-    Returns a dict with ``tp``, ``fp``, ``fn`` (ints) and ``f1`` (float in [0, 1]; 1.0 for a sample
-    with neither ground truth nor predictions).
-    """
-    from scipy.optimize import linear_sum_assignment
-
-    gt, pred = _to_boxes(gt_boxes), _to_boxes(pred_boxes)
-    gl, pl = _box_labels(gt_labels, len(gt)), _box_labels(pred_labels, len(pred))
-    ps = _box_scores(pred_scores, len(pred))
-    keep = ps >= score_thresh
-    gt_xy = _as_numpy(gt.center)[gl >= 0, :2].astype(np.float64)
-    gl = gl[gl >= 0]
-    pred_xy = _as_numpy(pred.center)[keep, :2].astype(np.float64)
-    pl = pl[keep]
-    tp = 0
-    if len(gt_xy) and len(pred_xy):
-        dist = np.linalg.norm(pred_xy[:, None] - gt_xy[None], axis=-1)
-        ok = (dist < dist_thresh) & (pl[:, None] == gl[None])
-        rows, cols = linear_sum_assignment(~ok)  # zero cost for admissible pairs
-        tp = int(ok[rows, cols].sum())
-    fp, fn = len(pred_xy) - tp, len(gt_xy) - tp
-    denom = 2 * tp + fp + fn
-    return {"tp": tp, "fp": fp, "fn": fn, "f1": 1.0 if denom == 0 else 2 * tp / denom}
-
-
-def save_bev_examples(
-    samples: Sequence[dict],
-    predictions: Sequence[dict],
-    out_dir: str,
-    class_names: Sequence[str],
-    *,
-    num_best: int = 2,
-    num_worst: int = 2,
-    sample_scores: Optional[Sequence[float]] = None,
-    score_thresh: float = 0.3,
-    dist_thresh: float = 2.0,
-    prefix: str = "bev",
-    **render_kwargs,
-):
-    """Save BEV images of the worst and best samples of an evaluation next to its metrics.
-
-    Args:
-        samples: one dict per sample with ``points`` ((N, C) array/tensor, LiDAR frame),
-            ``gt_boxes`` (``LiDARBoxes`` or (K, 7|9) array), ``gt_labels`` ((K,) ints, negative =
-            ignored), and optionally ``sample_token`` (used in file names and titles).
-        predictions: one dict per sample (same order) with ``boxes`` (``LiDARBoxes`` / array),
-            ``labels`` and ``scores``; detectron2 outputs ``{"instances": Instances(pred_boxes3d,
-            pred_classes, scores)}`` are accepted too.
-        out_dir: folder for the PNGs (created).
-        class_names: label -> name.
-        num_best / num_worst: how many images of each end.
-        sample_scores: quality of each sample, higher is better; default: the F1 score of
-            :func:`match_by_center_distance` at ``score_thresh`` / ``dist_thresh``.
-        render_kwargs: passed to :func:`render_bev` (``size``, ``bev_range``, ``color_by``, ...).
-
-    Returns:
-        list of dicts ``{"path", "sample_token", "rank": "best"|"worst", "score"}``, worst first.
-    """
-    if len(samples) != len(predictions):
-        raise ValueError(f"{len(samples)} samples but {len(predictions)} predictions")
-    preds = [_normalize_prediction(p) for p in predictions]
-    if sample_scores is None:
-        sample_scores = [
-            match_by_center_distance(
-                s.get("gt_boxes"), s.get("gt_labels"), p["boxes"], p["labels"], p["scores"],
-                score_thresh, dist_thresh,
-            )["f1"]
-            for s, p in zip(samples, preds)
-        ]  # fmt: skip
-    sample_scores = np.asarray(sample_scores, dtype=np.float64)
-    if sample_scores.shape != (len(samples),):
-        raise ValueError(f"sample_scores must have one value per sample ({len(samples)})")
-    order = np.argsort(sample_scores, kind="stable")  # worst first
-    worst = list(order[: min(num_worst, len(order))])
-    best = [i for i in order[::-1][: min(num_best, len(order))] if i not in worst]
-    written = []
-    for rank, indices in (("worst", worst), ("best", best)):
-        for k, i in enumerate(indices):
-            s, p = samples[i], preds[i]
-            token = str(s.get("sample_token", i))
-            title = f"{rank} #{k + 1}: {token[:16]}  (F1/score {sample_scores[i]:.2f})"
-            image = render_bev(
-                s.get("points"), s.get("gt_boxes"), s.get("gt_labels"), p["boxes"], p["labels"],
-                p["scores"], class_names=class_names, score_thresh=score_thresh, title=title,
-                **render_kwargs,
-            )  # fmt: skip
-            path = os.path.join(out_dir, f"{prefix}_{rank}{k + 1}_{_safe_name(token)}.png")
-            save_png(path, image)
-            written.append(
-                {
-                    "path": path,
-                    "sample_token": token,
-                    "rank": rank,
-                    "score": float(sample_scores[i]),
-                }
-            )
-    logger.info("Saved %d BEV example images to %s", len(written), out_dir)
-    return written
-
-
-def _safe_name(text: str) -> str:
-    return "".join(c if c.isalnum() or c in "-_" else "_" for c in text)[:64]
-
-
-def _normalize_prediction(pred) -> dict:
-    """{"boxes", "labels", "scores"} from our dict form or a detectron2 model output."""
-    if pred is None:
-        return {"boxes": None, "labels": None, "scores": None}
-    if isinstance(pred, dict) and "instances" in pred:
-        pred = pred["instances"]
-    if hasattr(pred, "pred_boxes3d"):
-        inst = pred.to("cpu") if hasattr(pred, "to") else pred
-        return {"boxes": inst.pred_boxes3d, "labels": inst.pred_classes, "scores": inst.scores}
-    if isinstance(pred, dict) and "boxes" in pred:
-        return {"boxes": pred["boxes"], "labels": pred.get("labels"), "scores": pred.get("scores")}
-    raise TypeError(
-        "a prediction must be {'boxes', 'labels', 'scores'} or a model output "
-        f"{{'instances': Instances(pred_boxes3d, pred_classes, scores)}}; got {type(pred)}"
-    )

@@ -83,7 +83,8 @@ def save_samples(
         raise ValueError(f"mode must be bev, 3d or both, got {mode!r}")
     with_3d = mode != "bev"
     if with_3d:
-        from .open3d_scene import available_backend, build_scene, default_camera, render_scene
+        from .open3d_render import available_backend, render_scene
+        from .open3d_scene import build_scene, default_camera
 
         try:
             logger.info(
@@ -122,7 +123,8 @@ def show_samples(
     bev_range: Sequence[float] = (-50.0, -50.0, 50.0, 50.0),
 ):
     """Interactive Open3D window over ``indices`` (N / P: next / previous, Q: quit)."""
-    from .open3d_scene import build_scene, default_camera, show_interactive
+    from .open3d_scene import build_scene, default_camera
+    from .open3d_viewer import show_interactive
 
     indices = list(indices)
 

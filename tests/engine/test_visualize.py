@@ -23,7 +23,7 @@ from d2_pillars.engine.visualize import (
 from d2_pillars.evaluation.results_io import write_lyft_csv, write_nuscenes_results
 from d2_pillars.structures import LiDARBoxes
 from d2_pillars.visualization import save_samples
-from d2_pillars.visualization.bev import class_color
+from d2_pillars.visualization.style import class_color
 
 LYFT_CLASSES = ["car", "other_vehicle", "pedestrian", "bicycle", "truck", "bus", "motorcycle",
                 "emergency_vehicle", "animal"]  # fmt: skip

@@ -10,7 +10,7 @@ from detectron2.data import DatasetCatalog, MetadataCatalog
 
 from d2_pillars.evaluation import LyftEvaluator, NuScenesEvaluator
 from d2_pillars.evaluation.examples import select_examples
-from d2_pillars.visualization.bev import BACKGROUND, class_color
+from d2_pillars.visualization.style import BACKGROUND, class_color
 
 from evaluator_io import evaluator_input, prediction_instances, run_evaluator
 
