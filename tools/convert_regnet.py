@@ -10,12 +10,8 @@ naming the difference when the checkpoint does not fit the config's RegNet.
 import argparse
 import sys
 
-from d2_pillars.checkpoint.regnet_converter import (
-    SOURCE_FORMATS,
-    RegNetCheckpointError,
-    convert_regnet_file,
-    format_report,
-)
+from d2_pillars.checkpoint.regnet_converter import convert_regnet_file, format_report
+from d2_pillars.checkpoint.regnet_source import SOURCE_FORMATS, RegNetCheckpointError
 
 
 def get_parser():

@@ -33,12 +33,14 @@ from .mmdet3d_converter import (
 )
 from .regnet_converter import (
     CONVERTER_AUTHOR,
-    RegNetCheckpointError,
     convert_to_model,
-    detect_source_format,
     format_report,
-    load_weights_file,
     make_converted_checkpoint,
+)
+from .regnet_source import (
+    RegNetCheckpointError,
+    detect_source_format,
+    load_weights_file,
     source_state_dict,
 )
 

@@ -1,5 +1,5 @@
 """Fixtures shared by the checkpoint tests: configs and PointPillars models on a RegNetX preset,
-and a pickle that would run code."""
+ImageNet RegNet files in their native formats, and a pickle that would run code."""
 
 import pytest
 
@@ -8,6 +8,8 @@ from detectron2.modeling import build_model
 
 from d2_pillars.config import add_pillars_config
 from d2_pillars.modeling.backbone import REGNETX_PRESETS
+
+from regnet_reference import save_native_sources
 
 
 @pytest.fixture(scope="session")
@@ -64,3 +66,10 @@ def code_running_pickle(tmp_path):
     ``marker.exists()`` tells whether a loader ran pickled code."""
     marker = tmp_path / "pickled_code_ran"
     return _CreatesFileWhenUnpickled(marker), marker
+
+
+@pytest.fixture(scope="session")
+def regnet_sources(tmp_path_factory, pycls_regnetx):
+    """{(format, arch): (model, path)}: pycls ``.pyth`` files ({"model_state", "epoch"}) and
+    torchvision state dicts of RegNetX-400MF and -1.6GF with random weights."""
+    return save_native_sources(tmp_path_factory.mktemp("regnet_sources"), pycls_regnetx)

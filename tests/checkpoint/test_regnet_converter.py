@@ -8,61 +8,31 @@ import os
 import runpy
 import pytest
 import torch
-import torchvision
 
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.layers import ShapeSpec
 
 from d2_pillars.checkpoint.regnet_converter import (
     CONVERTER_AUTHOR,
-    RegNetCheckpointError,
     convert_regnet_file,
     convert_to_model,
-    describe_stages,
-    find_regnet_prefix,
     format_report,
-    read_source_state_dict,
     save_converted_checkpoint,
-    source_state_dict,
-    torchvision_to_pycls_names,
 )
-from d2_pillars.modeling.backbone import REGNETX_PRESETS, build_regnet_bev_backbone
+from d2_pillars.checkpoint.regnet_source import RegNetCheckpointError, read_source_state_dict
+from d2_pillars.checkpoint.regnet_stages import describe_stages
+from d2_pillars.modeling.backbone import build_regnet_bev_backbone
 from d2_pillars.structures import BOX_CONVENTION_VERSION
 
+from regnet_reference import randomize
+
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-TORCHVISION_NAMES = {"400MF": "regnet_x_400mf", "1.6GF": "regnet_x_1_6gf"}
 IMAGENET_STEM_WIDTH = 32
 
 
 # ------------------------------------------------------------------------------------------------ #
 # Reference models
 # ------------------------------------------------------------------------------------------------ #
-def _randomize(model, seed):
-    """Random weights everywhere, including non-trivial BN affine parameters and running stats."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, torch.nn.Conv2d):
-                fan_in = m.weight[0].numel()
-                m.weight.copy_(torch.randn(m.weight.shape, generator=g) / fan_in**0.5)
-                if m.bias is not None:
-                    m.bias.copy_(torch.randn(m.bias.shape, generator=g) * 0.1)
-            elif isinstance(m, torch.nn.BatchNorm2d):
-                n = m.num_features
-                m.weight.copy_(torch.rand(n, generator=g) * 0.5 + 0.5)
-                m.bias.copy_(torch.randn(n, generator=g) * 0.1)
-                m.running_mean.copy_(torch.randn(n, generator=g) * 0.2)
-                m.running_var.copy_(torch.rand(n, generator=g) * 1.5 + 0.5)
-                m.num_batches_tracked.fill_(int(torch.randint(1, 10**6, (1,), generator=g)))
-            elif isinstance(m, torch.nn.Linear):
-                m.weight.copy_(torch.randn(m.weight.shape, generator=g) * 0.01)
-    return model.eval()
-
-
-def build_torchvision_regnet(arch, seed=1):
-    return _randomize(getattr(torchvision.models, TORCHVISION_NAMES[arch])(weights=None), seed)
-
-
 def pycls_stage_outputs(model, image):
     x = model.stem(image)
     stem, outs = x, {}
@@ -96,25 +66,7 @@ def imagenet_like_bev_regnet(cfg):
     """The project's BEV RegNet (preset of ``cfg``) with the ImageNet stem width, strides and BN
     eps, so that fed the source stem's output it must reproduce the source stages exactly."""
     model = bev_regnet(cfg, stem_width=IMAGENET_STEM_WIDTH, strides=(2, 2, 2, 2), bn_eps=1e-5)
-    return _randomize(model, seed=123)  # whatever loading does not overwrite stays wrong
-
-
-@pytest.fixture(scope="module")
-def sources(tmp_path_factory, pycls_regnetx):
-    """Native files: pycls ``.pyth`` ({"model_state", "epoch"}) and torchvision state dicts."""
-    d = tmp_path_factory.mktemp("regnet_sources")
-    out = {}
-    for arch in ("400MF", "1.6GF"):
-        with pycls_regnetx(arch) as RegNet:
-            model = _randomize(RegNet(), seed=0)
-        path = str(d / f"RegNetX-{arch}_dds_8gpu.pyth")
-        torch.save({"epoch": 100, "model_state": model.state_dict()}, path)
-        out[("pycls", arch)] = (model, path)
-        model = build_torchvision_regnet(arch)
-        path = str(d / f"{TORCHVISION_NAMES[arch]}.pth")
-        torch.save(model.state_dict(), path)
-        out[("torchvision", arch)] = (model, path)
-    return out
+    return randomize(model, seed=123)  # whatever loading does not overwrite stays wrong
 
 
 def _load_into(model, path):
@@ -130,8 +82,8 @@ def _load_into(model, path):
     "fmt,arch",
     [("pycls", "400MF"), ("pycls", "1.6GF"), ("torchvision", "1.6GF")],
 )
-def test_stage_outputs_match_source(sources, tmp_path, fmt, arch, regnetx_cfg):
-    src_model, src_path = sources[(fmt, arch)]
+def test_stage_outputs_match_source(regnet_sources, tmp_path, fmt, arch, regnetx_cfg):
+    src_model, src_path = regnet_sources[(fmt, arch)]
     bev = imagenet_like_bev_regnet(regnetx_cfg(arch))
 
     state, fmt_read = read_source_state_dict(src_path)
@@ -160,7 +112,7 @@ def test_stage_outputs_match_source(sources, tmp_path, fmt, arch, regnetx_cfg):
         assert expected[name].abs().max() > 0.1  # the comparison is not between zeros
 
 
-def test_torchvision_400mf_through_the_bev_regnet_classes(sources):
+def test_torchvision_400mf_through_the_bev_regnet_classes(regnet_sources):
     """torchvision rounds RegNetX-400MF's last stage to 400 channels (pycls: 384), so no
     MODEL.REGNET generator setting builds it; the BEV RegNet's own classes with explicit widths
     still reproduce it after conversion."""
@@ -170,7 +122,7 @@ def test_torchvision_400mf_through_the_bev_regnet_classes(sources):
 
     from d2_pillars.modeling.backbone import PassThroughStem
 
-    src_model, src_path = sources[("torchvision", "400MF")]
+    src_model, src_path = regnet_sources[("torchvision", "400MF")]
     state, _ = read_source_state_dict(src_path)
     stages = describe_stages(state)
     assert [s.width for s in stages] == [32, 64, 160, 400]
@@ -187,7 +139,7 @@ def test_torchvision_400mf_through_the_bev_regnet_classes(sources):
         activation_class=nn.ReLU,
         out_features=["s1", "s2", "s3", "s4"],
     )
-    _randomize(bev, seed=5)
+    randomize(bev, seed=5)
     converted, report = convert_to_model(state, bev.state_dict(), source_format="torchvision")
     missing, unexpected = bev.load_state_dict(converted, strict=True)
     assert (missing, unexpected) == ([], [])
@@ -197,59 +149,6 @@ def test_torchvision_400mf_through_the_bev_regnet_classes(sources):
         got = bev.eval()(stem)
     for name in expected:
         assert (got[name] - expected[name]).abs().max().item() <= 1e-5, name
-
-
-# ------------------------------------------------------------------------------------------------ #
-# Names
-# ------------------------------------------------------------------------------------------------ #
-@pytest.mark.parametrize("arch", ["400MF", "1.6GF"])
-def test_torchvision_names_map_onto_pycls_names(sources, arch):
-    """Independent reference: torchvision's and pycls's modules of the same network (1.6GF has
-    equal widths in both) must give the same names and shapes after renaming."""
-    tv = sources[("torchvision", arch)][0].state_dict()
-    pc = sources[("pycls", arch)][0].state_dict()
-    renamed = torchvision_to_pycls_names(tv)
-    assert len(renamed) == len(tv)
-    assert set(renamed) == set(pc)
-    if arch == "1.6GF":
-        assert {k: tuple(v.shape) for k, v in renamed.items()} == {
-            k: tuple(v.shape) for k, v in pc.items()
-        }
-    for k, v in tv.items():  # values travel with their keys
-        if k.endswith("f.b.0.weight"):
-            stage, block = k.split(".")[1:3]
-            j = int(block.split("-")[1]) + 1
-            assert renamed[f"s{stage[5:]}.b{j}.f.b.weight"] is v
-
-
-def test_torchvision_regnety_squeeze_excitation_names():
-    tv = torchvision.models.regnet_y_400mf(weights=None).state_dict()
-    renamed = torchvision_to_pycls_names(tv)
-    assert "s1.b1.f.se.f_ex.0.weight" in renamed and "s1.b1.f.se.f_ex.2.bias" in renamed
-    assert describe_stages(renamed)[0].se
-
-
-@pytest.mark.parametrize("arch", ["400MF", "1.6GF"])
-def test_describe_stages_matches_presets(sources, arch):
-    p = REGNETX_PRESETS[arch]
-    for fmt in ("pycls", "torchvision"):
-        stages = describe_stages(read_source_state_dict(sources[(fmt, arch)][1])[0])
-        if (fmt, arch) == ("torchvision", "400MF"):
-            assert [s.width for s in stages] == [32, 64, 160, 400]  # torchvision's rounding
-            continue
-        assert [s.depth for s in stages] == p["depths"]
-        assert [s.width for s in stages] == p["widths"]
-        assert [s.groups for s in stages] == p["groups"]
-
-
-def test_find_regnet_prefix():
-    keys = ["backbone.bottom_up.s1.b1.f.a.weight", "backbone.fpn_lateral2.weight"]
-    assert find_regnet_prefix(keys) == "backbone.bottom_up."
-    assert find_regnet_prefix(["s1.b1.f.a.weight"]) == ""
-    with pytest.raises(RegNetCheckpointError, match="no RegNet"):
-        find_regnet_prefix(["backbone.s1.0.weight", "xs1.b1.f.a.weight"])
-    with pytest.raises(RegNetCheckpointError, match="several"):
-        find_regnet_prefix(["a.s1.b1.f.a.weight", "b.s1.b1.f.a.weight"])
 
 
 # ------------------------------------------------------------------------------------------------ #
@@ -263,13 +162,13 @@ def test_find_regnet_prefix():
     ],
 )
 def test_convert_file_for_pointpillars_config(
-    sources, tmp_path, backbone_name, prefix, regnet_pointpillars
+    regnet_sources, tmp_path, backbone_name, prefix, regnet_pointpillars
 ):
     cfg, model = regnet_pointpillars("400MF", backbone_name)
     config_file = str(tmp_path / "config.yaml")
     with open(config_file, "w") as f:
         f.write(cfg.dump())
-    src_model, src_path = sources[("pycls", "400MF")]
+    src_model, src_path = regnet_sources[("pycls", "400MF")]
     dst = str(tmp_path / "regnetx_400mf_bev.pth")
 
     report = convert_regnet_file(src_path, dst, config_file=config_file)
@@ -309,9 +208,9 @@ def test_convert_file_for_pointpillars_config(
     assert "s1.b1.f.a.weight" in text and "ImageNet classifier" in text
 
 
-def test_arch_mismatch_names_the_stage(sources, regnet_pointpillars):
+def test_arch_mismatch_names_the_stage(regnet_sources, regnet_pointpillars):
     _, model = regnet_pointpillars("400MF")
-    state, _ = read_source_state_dict(sources[("pycls", "1.6GF")][1])
+    state, _ = read_source_state_dict(regnet_sources[("pycls", "1.6GF")][1])
     with pytest.raises(RegNetCheckpointError) as e:
         convert_to_model(state, model.state_dict(), src_name="RegNetX-1.6GF_dds_8gpu.pyth")
     msg = str(e.value)
@@ -322,9 +221,9 @@ def test_arch_mismatch_names_the_stage(sources, regnet_pointpillars):
     assert "SRC is RegNetX-1.6GF: MODEL.REGNET.DEPTH 18, W0 80, WA 34.01" in msg
 
 
-def test_torchvision_400mf_does_not_fit_the_pycls_400mf_config(sources, regnet_pointpillars):
+def test_torchvision_400mf_does_not_fit_the_pycls_400mf_config(regnet_sources, regnet_pointpillars):
     _, model = regnet_pointpillars("400MF")
-    state, _ = read_source_state_dict(sources[("torchvision", "400MF")][1])
+    state, _ = read_source_state_dict(regnet_sources[("torchvision", "400MF")][1])
     with pytest.raises(RegNetCheckpointError) as e:
         convert_to_model(state, model.state_dict())
     assert "stage s4 has width 384 in the config but 400 in SRC" in str(e.value)
@@ -332,11 +231,11 @@ def test_torchvision_400mf_does_not_fit_the_pycls_400mf_config(sources, regnet_p
     assert "stage s3" not in str(e.value)  # only the real difference is named
 
 
-def test_first_block_without_projection_drops_it(sources, regnetx_cfg):
+def test_first_block_without_projection_drops_it(regnet_sources, regnetx_cfg):
     """1.6GF with input width 72 = s1 width and stride 1: the model's s1.b1 has no shortcut
     projection, so the source's is dropped with a reason instead of becoming unexpected."""
     model = bev_regnet(regnetx_cfg("1.6GF"), stem_width=72, strides=(1, 2, 2, 2))
-    src = sources[("pycls", "1.6GF")][0].state_dict()
+    src = regnet_sources[("pycls", "1.6GF")][0].state_dict()
     converted, report = convert_to_model(src, model.state_dict())
     assert "s1.b1.proj.weight" not in model.state_dict()
     reasons = dict(report.dropped)
@@ -348,45 +247,8 @@ def test_first_block_without_projection_drops_it(sources, regnetx_cfg):
     assert unexpected == [] and missing == ["s1.b1.f.a.weight"]
 
 
-# ------------------------------------------------------------------------------------------------ #
-# Reading and errors
-# ------------------------------------------------------------------------------------------------ #
-def test_format_detection_and_errors(sources, tmp_path):
-    pyth = sources[("pycls", "400MF")][1]
-    tv = sources[("torchvision", "400MF")][1]
-    assert read_source_state_dict(pyth)[1] == "pycls"
-    assert read_source_state_dict(tv)[1] == "torchvision"
-    with pytest.raises(RegNetCheckpointError, match="--format pycls"):
-        read_source_state_dict(pyth, "torchvision")
-    # DDP-wrapped torchvision state dict
-    state = torch.load(tv, weights_only=True)
-    wrapped = {"module." + k: v for k, v in state.items()}
-    assert source_state_dict(wrapped)[1] == "torchvision"
-    # not a RegNet
-    other = str(tmp_path / "resnet.pth")
-    torch.save(torchvision.models.resnet18(weights=None).state_dict(), other)
-    with pytest.raises(RegNetCheckpointError, match="neither a pycls"):
-        read_source_state_dict(other)
-    with pytest.raises(FileNotFoundError, match="nothing.pyth"):
-        read_source_state_dict(str(tmp_path / "nothing.pyth"))
-    bad = {"model_state": {"s1.b1.f.dwise.weight": torch.zeros(1)}}
-    with pytest.raises(RegNetCheckpointError, match="not RegNet"):
-        source_state_dict(bad)
-
-
-def test_refuses_pickled_objects(tmp_path, code_running_pickle):
-    """weights_only loading: a pickle that would run code is refused, and the code never runs."""
-    evil, marker = code_running_pickle
-    path = str(tmp_path / "evil.pyth")
-    torch.save({"model_state": {"s1.b1.f.a.weight": torch.zeros(1)}, "x": evil}, path)
-    assert not marker.exists()  # saving does not call it
-    with pytest.raises(RegNetCheckpointError, match="weights_only"):
-        read_source_state_dict(path)
-    assert not marker.exists()
-
-
-def test_unchecked_conversion_without_model(sources):
-    src = sources[("pycls", "400MF")][0].state_dict()
+def test_unchecked_conversion_without_model(regnet_sources):
+    src = regnet_sources[("pycls", "400MF")][0].state_dict()
     converted, report = convert_to_model(src, None)
     assert report.prefix == "backbone.bottom_up."
     assert "backbone.bottom_up.s1.b1.f.a.weight" in converted
@@ -394,11 +256,11 @@ def test_unchecked_conversion_without_model(sources):
     assert len(converted) == len(src) - 8
 
 
-def test_output_name_and_atomic_write(sources, tmp_path):
+def test_output_name_and_atomic_write(regnet_sources, tmp_path):
     with pytest.raises(ValueError, match=r"\*\.pth"):
-        convert_regnet_file(sources[("pycls", "400MF")][1], str(tmp_path / "x.pkl"))
+        convert_regnet_file(regnet_sources[("pycls", "400MF")][1], str(tmp_path / "x.pkl"))
     dst = tmp_path / "out.pth"
-    convert_regnet_file(sources[("pycls", "400MF")][1], str(dst))
+    convert_regnet_file(regnet_sources[("pycls", "400MF")][1], str(dst))
     assert sorted(os.listdir(tmp_path)) == ["out.pth"]  # no temporary file left
 
 
@@ -413,24 +275,33 @@ def _run_cli(argv):
     return rc, out.getvalue(), err.getvalue()
 
 
-def test_cli(sources, tmp_path, regnet_pointpillars):
+def test_cli(regnet_sources, tmp_path, regnet_pointpillars):
     cfg, _ = regnet_pointpillars("400MF")
     config_file = str(tmp_path / "config.yaml")
     with open(config_file, "w") as f:
         f.write(cfg.dump())
     dst = str(tmp_path / "tv.pth")
     rc, out, err = _run_cli(
-        [sources[("pycls", "1.6GF")][1], dst, "--format", "auto", "--config-file", config_file]
+        [
+            regnet_sources[("pycls", "1.6GF")][1],
+            dst,
+            "--format",
+            "auto",
+            "--config-file",
+            config_file,
+        ]
     )
     assert rc == 1 and not os.path.exists(dst)
     assert "stage s3 has 7 blocks in the config but 10 in SRC" in err
 
-    rc, out, err = _run_cli([sources[("pycls", "400MF")][1], dst, "--config-file", config_file])
+    rc, out, err = _run_cli(
+        [regnet_sources[("pycls", "400MF")][1], dst, "--config-file", config_file]
+    )
     assert rc == 0, err
     assert "backbone.bottom_up.s1.b1.f.a.weight" in out and "left at initialisation" in out
     assert "ImageNet stem" in out
     loaded = torch.load(dst, weights_only=True)["model"]
-    src = torch.load(sources[("pycls", "400MF")][1], weights_only=True)["model_state"]
+    src = torch.load(regnet_sources[("pycls", "400MF")][1], weights_only=True)["model_state"]
     np.testing.assert_array_equal(
         loaded["backbone.bottom_up.s4.b12.f.c_bn.running_var"].numpy(),
         src["s4.b12.f.c_bn.running_var"].numpy(),
