@@ -75,7 +75,7 @@ def save_samples(
     ``loader``: ``loader[i] -> VisSample`` and ``loader.class_names`` (label -> name), e.g.
     ``d2_pillars.engine.visualize.SampleLoader``.
 
-    ``mode``: "bev", "3d" or "both". The 3D view uses :func:`open3d_scene.render_scene` (first
+    ``mode``: "bev", "3d" or "both". The 3D view uses :func:`open3d_render.render_scene` (first
     working of Filament off-screen, the legacy visualizer's EGL context, or Xvfb); when none
     works, "3d" raises and "both" logs the reason and writes the BEV images only.
     """
