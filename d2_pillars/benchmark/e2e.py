@@ -105,6 +105,19 @@ def add_arguments(parser: argparse.ArgumentParser):
         help="post-processing load: 'full' (class bias 0, every candidate above the score "
         "threshold) or 'prior' (the initial class bias)",
     )
+    parser.add_argument(
+        "--backend",
+        choices=("torch", "onnxruntime"),
+        default="torch",
+        help="onnxruntime: also export the same model to ONNX (checked on the frame) and time "
+        "it in onnxruntime with the same threads, side by side with eager torch",
+    )
+    parser.add_argument(
+        "--onnx-pillar-net",
+        choices=("bucketed", "dense"),
+        default="bucketed",
+        help="with --backend onnxruntime: the pillar-net formulation exported into the graph",
+    )
     parser.add_argument("--skip-train", action="store_true", help="inference figures only")
     parser.add_argument(
         "--profile",
@@ -270,16 +283,12 @@ def _warm_page_cache(records):
 # --------------------------------------------------------------------------------------------
 
 
-@torch.no_grad()
-def benchmark_inference(predictor, record, timer, profile=False):
-    """Per-stage and end-to-end latency of ``predictor`` on one dataset dict."""
-    model, mapper = predictor.model, predictor.mapper
-    figures = {}
-
+def _load_stage(mapper, record):
+    """The mapper's test-time steps before voxelization (keyframe + sweeps, range filter) as a
+    callable returning ``(all points, points in range)``."""
     pc_range = np.asarray(mapper.point_cloud_range, dtype=np.float32).reshape(6)
 
     def load():
-        # the mapper's test-time steps before voxelization: keyframe + sweeps, range filter
         points = load_points(
             record,
             point_features=mapper.point_features,
@@ -292,6 +301,16 @@ def benchmark_inference(predictor, record, timer, profile=False):
             mask &= (points[:, axis] > pc_range[axis]) & (points[:, axis] < pc_range[axis + 3])
         return points, points[mask]
 
+    return load
+
+
+@torch.no_grad()
+def benchmark_inference(predictor, record, timer, profile=False):
+    """Per-stage and end-to-end latency of ``predictor`` on one dataset dict."""
+    model, mapper = predictor.model, predictor.mapper
+    figures = {}
+
+    load = _load_stage(mapper, record)
     timer("loading", load)
     raw, points = load()
     points_t = torch.from_numpy(points)
@@ -491,6 +510,47 @@ INFERENCE_STAGES = [
 ]
 
 
+def _with_onnxruntime_columns(rows, ort, timer):
+    """The eager rows with two onnxruntime columns (wall, CPU ms); also stores the onnxruntime
+    stage figures in ``ort``."""
+    wall, cpu, kernel = timer.wall, timer.cpu, ort["graph_kernel_s"]
+    outside = ("loading", "voxelization", "batching", "post_processing")
+    ort["stage_s"] = {k: wall[k] for k in (*outside, "graph")}
+    ort["stage_cpu_s"] = {k: cpu[k] for k in (*outside, "graph")}
+    ort["e2e_latency_s"], ort["e2e_cpu_s"] = wall["e2e"], cpu["e2e"]
+    ort["dense_kernel_s"] = kernel["backbone"] + kernel["neck"] + kernel["head"]
+    ort_rows = {}
+    for k, label in INFERENCE_STAGES:
+        if k in outside:
+            ort_rows[label] = [1e3 * wall[k], 1e3 * cpu[k]]
+        else:
+            ort_rows[label] = [1e3 * kernel[k], ""]
+    ort_rows["sum of the stages"] = [
+        1e3 * (sum(wall[k] for k in outside) + wall["graph"]),
+        1e3 * (sum(cpu[k] for k in outside) + cpu["graph"]),
+    ]
+    ort_rows["dense = backbone + neck + head (timed alone)"] = [1e3 * ort["dense_kernel_s"], ""]
+    ort_rows["end to end (PillarsPredictor)"] = [1e3 * wall["e2e"], 1e3 * cpu["e2e"]]
+    out = []
+    for row in rows:
+        out.append(row + ort_rows.get(row[0], ["", ""]))
+        if row[0] == "head (convolutions)":
+            out.append(
+                ["network graph, one call (pillar net .. head)", "", ""]
+                + [1e3 * wall["graph"], 1e3 * cpu["graph"]]
+            )
+        if row[0] == "  of which outside the dense part":
+            out.append(
+                ["  of which in the network graph (same runs)", "", ""]
+                + [1e3 * ort["e2e_in_run_graph_s"], 1e3 * ort["e2e_in_run_graph_cpu_s"]]
+            )
+            out.append(
+                ["  of which outside the network graph", "", ""]
+                + [1e3 * ort["e2e_outside_graph_s"], 1e3 * ort["e2e_outside_graph_cpu_s"]]
+            )
+    return out
+
+
 def _verdict(ok):
     return "PASS" if ok else "FAIL"
 
@@ -525,6 +585,19 @@ def main(args):
         "channels_last": bool(cfg.MODEL.CHANNELS_LAST),
     }
     figures.update(benchmark_inference(predictor, record, timer, profile=args.profile))
+    ort_timer = None
+    if args.backend == "onnxruntime":
+        from .onnxruntime_e2e import benchmark_onnxruntime
+
+        ort_timer = _Timer(args.device, args.repeats, args.warmup)
+        figures["onnxruntime"] = benchmark_onnxruntime(
+            cfg,
+            predictor.model,
+            record,
+            ort_timer,
+            threads=threads,
+            pillar_net=args.onnx_pillar_net,
+        )
     del predictor
 
     if not args.skip_train:
@@ -601,6 +674,16 @@ def main(args):
                 1e3 * figures["loader_cpu_s_per_frame"],
             ]
         )
+    headers = ["stage", "wall ms", "process CPU ms"]
+    if ort_timer is not None:
+        rows = _with_onnxruntime_columns(rows, figures["onnxruntime"], ort_timer)
+        headers = [
+            "stage",
+            "torch wall ms",
+            "torch CPU ms",
+            "onnxruntime wall ms",
+            "onnxruntime CPU ms",
+        ]
     print(
         f"device {args.device}, {threads} torch threads, channels_last {figures['channels_last']}, "
         f"{figures['points']} points "
@@ -608,7 +691,15 @@ def main(args):
         f"load '{args.load}', median of {args.repeats} after {args.warmup} warm-up, load average "
         f"{load_before[0]:.2f} -> {load_after[0]:.2f} on {os.cpu_count()} CPUs"
     )
-    print_table(rows, headers=["stage", "wall ms", "process CPU ms"])
+    if ort_timer is not None:
+        ort = figures["onnxruntime"]
+        print(
+            f"onnxruntime {ort['version']} ({', '.join(ort['providers'])}, {threads} intra-op "
+            f"threads): graph exported in {ort['export_s']:.1f} s, max relative difference to "
+            f"torch {ort['export_max_rel_diff']:.2g} on this frame; its pillar net .. head rows "
+            "are onnxruntime profiler kernel times (the graph runs as one call)"
+        )
+    print_table(rows, headers=headers)
 
     checks = [
         [
@@ -652,6 +743,17 @@ def main(args):
         else:
             checks.append(["train peak memory (GB)", figures["train_peak_mem_gb"], "", ""])
         checks.append(["train keyframes/s", figures["train_fps"], "", ""])
+    if ort_timer is not None:
+        ratio = figures["onnxruntime"]["e2e_latency_s"] / figures["e2e_latency_s"]
+        figures["onnxruntime_over_torch_e2e"] = ratio
+        checks.append(
+            [
+                "onnxruntime end to end / torch end to end (wall)",
+                ratio,
+                "<= 1.0",
+                _verdict(ratio <= 1.0),
+            ]
+        )
     figures["targets"] = {c[0]: c[3] for c in checks if c[3]}
     print_table(checks, headers=["target", "measured", "target", "verdict"])
     print_json(figures)

@@ -123,3 +123,36 @@ def test_peak_rss_reset_and_read():
     block = torch.ones(64 * 2**20 // 4)  # 64 MB touched
     assert e2e._peak_rss_bytes() >= after_reset + 32 * 2**20
     del block
+
+
+def test_e2e_onnxruntime_side_by_side(root, capsys):
+    pytest.importorskip("onnxruntime")
+    threads = torch.get_num_threads()
+    # the one-input dense pillar-net layout: the quickest to export (bucketed: tests/deploy)
+    argv = ["--backend", "onnxruntime", "--onnx-pillar-net", "dense", "--skip-train"]
+    figures = e2e.main(_args(root, *argv))
+    torch.set_num_threads(threads)
+    out = capsys.readouterr().out
+    ort = figures["onnxruntime"]
+    # the same model exported and checked on the benchmark frame, run with the same threads
+    assert ort["export_max_rel_diff"] <= 1e-4 and ort["providers"] == ["CPUExecutionProvider"]
+    assert ort["pillar_net"] == "dense"
+    assert set(ort["stage_s"]) == {
+        "loading",
+        "voxelization",
+        "batching",
+        "post_processing",
+        "graph",
+    }
+    assert all(v > 0 for v in ort["stage_s"].values())
+    # the graph's stages from onnxruntime's profiler, attributed to the modules they came from
+    kernel = ort["graph_kernel_s"]
+    assert set(kernel) == {"pillar_net", "scatter", "backbone", "neck", "head", "other"}
+    assert all(kernel[k] > 0 for k in ("pillar_net", "scatter", "backbone", "neck", "head"))
+    assert 0 < ort["e2e_in_run_graph_s"] < ort["e2e_latency_s"]
+    assert ort["detections"] == figures["detections"]  # same load on the NMS
+    ratio = ort["e2e_latency_s"] / figures["e2e_latency_s"]
+    assert figures["onnxruntime_over_torch_e2e"] == pytest.approx(ratio)
+    assert "onnxruntime end to end / torch end to end (wall)" in figures["targets"]
+    assert "onnxruntime wall ms" in out and "network graph, one call" in out
+    assert json.loads(out.strip().splitlines()[-1])["onnxruntime"]["pillar_net"] == "dense"
