@@ -92,7 +92,8 @@ def graph_inputs(voxels: Tensor, num_points: Tensor, coords: Tensor, pillar_net:
     for m in bucket_sizes(max_points):
         select = (n >= low) & (n < m) if m < max_points else n >= low
         index = select.nonzero(as_tuple=True)[0]
-        out += [voxels[index, :m], num_points[index], coords[index]]
+        # slice the slots first (a view), then gather: only m slots per pillar are copied
+        out += [voxels[:, :m][index], num_points[index], coords[index]]
         low = m
     return tuple(out)
 
