@@ -8,8 +8,8 @@ from detectron2.data import DatasetCatalog
 
 from d2_pillars.data import register_lyft, register_nuscenes
 from d2_pillars.data.datasets import LYFT_SPEC, NUSCENES_SPEC, create_infos
-from d2_pillars.data.datasets.synthetic import make_synthetic_lyft, make_synthetic_nuscenes
 from d2_pillars.modeling.backbone import REGNETX_PRESETS
+from d2_pillars.synthetic import make_synthetic_lyft, make_synthetic_nuscenes
 
 # fmt -> (generator, info spec, version, (val split, train split), scene split, register)
 _FORMATS = {

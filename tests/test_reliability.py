@@ -38,7 +38,6 @@ from d2_pillars.data.datasets import (
     load_infos,
     save_infos,
 )
-from d2_pillars.data.datasets.synthetic import make_synthetic_lyft, make_synthetic_nuscenes
 from d2_pillars.data.mapper import PointCloudMapper, SampleRecordError
 from d2_pillars.data.points import PointFileError, load_lidar_file, load_points
 from d2_pillars.engine.defaults import load_config
@@ -53,6 +52,7 @@ from d2_pillars.evaluation import (
     write_nuscenes_results,
 )
 from d2_pillars.structures import BOX_CONVENTION_VERSION, LiDARBoxes
+from d2_pillars.synthetic import make_synthetic_lyft, make_synthetic_nuscenes
 from d2_pillars.utils import file_io
 from d2_pillars.utils.file_io import atomic_open
 

@@ -17,7 +17,7 @@ import logging
 import os
 import time
 
-from d2_pillars.data.datasets.synthetic import MARKER_NAME, make_synthetic_dataset
+from d2_pillars.synthetic import MARKER_NAME, make_synthetic_dataset
 
 
 def main():

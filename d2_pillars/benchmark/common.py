@@ -64,7 +64,7 @@ def resolve_config_file(path: str) -> str:
 def has_nuscenes_dataset(root: str) -> bool:
     """Whether ``root`` holds a dataset, used as it is: a synthetic one of any size (its marker
     file) or a real ``v1.0-mini``."""
-    from ..data.datasets.synthetic import MARKER_NAME
+    from ..synthetic import MARKER_NAME
 
     return os.path.exists(os.path.join(root, MARKER_NAME)) or os.path.isdir(
         os.path.join(root, NUSCENES_VERSION)
@@ -75,7 +75,7 @@ def update_nuscenes_infos(root: str, splits, max_sweeps: int = 10):
     """Build the info files of ``root`` when one of ``splits``' is missing or older than the
     synthetic dataset's marker (the dataset was regenerated)."""
     from ..data.datasets import NUSCENES_SPEC, create_infos, infos_up_to_date
-    from ..data.datasets.synthetic import MARKER_NAME
+    from ..synthetic import MARKER_NAME
 
     if not infos_up_to_date(root, "nuscenes", splits, os.path.join(root, MARKER_NAME)):
         create_infos(NUSCENES_SPEC, root, NUSCENES_VERSION, max_sweeps=max_sweeps, progress=False)

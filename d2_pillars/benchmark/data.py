@@ -60,7 +60,7 @@ def add_arguments(parser: argparse.ArgumentParser):
 def prepare_dataset(root, *, scenes=10, keyframes=40, max_sweeps=10):
     """Generate the synthetic nuScenes dataset and its infos under ``root`` when missing; return
     the info file of the benchmarked split."""
-    from ..data.datasets.synthetic import make_synthetic_nuscenes
+    from ..synthetic import make_synthetic_nuscenes
 
     # An existing dataset (synthetic of any size, or a real v1.0-mini) is used as it is.
     if not has_nuscenes_dataset(root):

@@ -19,7 +19,7 @@ from detectron2.utils.logger import setup_logger
 
 from ..data import DATASETS_ROOT
 from ..data.datasets import NUSCENES_SPEC, create_infos, infos_up_to_date
-from ..data.datasets.synthetic import MARKER_NAME, make_synthetic_nuscenes
+from ..synthetic import MARKER_NAME, make_synthetic_nuscenes
 from .defaults import load_config
 from .trainer import PillarsTrainer
 

@@ -8,7 +8,7 @@ import torch
 
 from d2_pillars.benchmark import e2e
 from d2_pillars.data.datasets import NUSCENES_SPEC, create_infos
-from d2_pillars.data.datasets.synthetic import make_synthetic_nuscenes
+from d2_pillars.synthetic import make_synthetic_nuscenes
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 CONFIG = os.path.join(REPO, "configs/synthetic/pointpillars_regnetx_400mf_fpn_cpu.yaml")

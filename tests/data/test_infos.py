@@ -2,7 +2,7 @@
 
 Real data: the Lyft and nuScenes excerpts in /work/shared/data/samples (schema-exact tables of one
 Lyft sample; nuScenes LiDAR files and the reference implementation's info record). Synthetic
-data: ``d2_pillars.data.datasets.synthetic`` (round trip against the devkit's own boxes).
+data: ``d2_pillars.synthetic`` (round trip against the devkit's own boxes).
 """
 
 import importlib.util
@@ -346,7 +346,7 @@ def test_check_lidar_files(tmp_path):
 # Synthetic nuScenes: round trip against the devkit's own annotation boxes
 # ------------------------------------------------------------------------------------------ #
 def _synthetic():
-    return pytest.importorskip("d2_pillars.data.datasets.synthetic")
+    return pytest.importorskip("d2_pillars.synthetic")
 
 
 @pytest.fixture(scope="module")

@@ -299,7 +299,7 @@ def test_filter_empty_gt_in_training(small_record):
 # ------------------------------------------------------------------------------------------ #
 @pytest.fixture(scope="module")
 def synthetic(tmp_path_factory):
-    synthetic = pytest.importorskip("d2_pillars.data.datasets.synthetic")
+    synthetic = pytest.importorskip("d2_pillars.synthetic")
     # Seed 1: the ego turns by ~1 degree over the 10 sweeps of one keyframe.
     root = str(tmp_path_factory.getbasetemp() / "synthetic_nuscenes_2x4_seed1")
     synthetic.make_synthetic_nuscenes(root, num_scenes=2, keyframes_per_scene=4, seed=1)
@@ -326,8 +326,8 @@ def _object_sdf(points, box, category):
     """Signed distance of points to the shape the generator gave the object of ``box`` (x y z l w
     h yaw) and ``category``: its box, for vehicles less the upper part of the front ``f * l``
     above ``g * h`` (the kind's ``front_step``), taken as the union of two boxes."""
-    from d2_pillars.data.datasets.synthetic_scene import OBJECT_KINDS
-    from d2_pillars.data.datasets.synthetic_writer import NUSCENES_FORMAT
+    from d2_pillars.synthetic.nuscenes_format import NUSCENES_FORMAT
+    from d2_pillars.synthetic.world import OBJECT_KINDS
 
     kind = next(k for k, cats in NUSCENES_FORMAT.kind_categories.items() if category in cats)
     f, g = OBJECT_KINDS[kind].front_step

@@ -311,7 +311,7 @@ def test_tools_export_then_eval_only_with_onnxruntime(tmp_path):
 
     from d2_pillars.checkpoint import PillarsCheckpointer
     from d2_pillars.data.datasets import NUSCENES_SPEC, create_infos
-    from d2_pillars.data.datasets.synthetic import make_synthetic_nuscenes
+    from d2_pillars.synthetic import make_synthetic_nuscenes
 
     datasets = tmp_path / "datasets"
     root = make_synthetic_nuscenes(

@@ -11,9 +11,9 @@ Public API::
     make_synthetic_lyft(out_dir, *, num_scenes=10, keyframes_per_scene=40, seed=0, ...) -> root
     make_synthetic_dataset(fmt, out_dir, **same keywords) -> root
 
-The world (road, ego, objects of every class, buildings; a spinning LiDAR ray-cast against them)
-lives in ``synthetic_scene``; the formats in ``synthetic_writer``. Output is a pure function of the
-arguments (``num_workers`` does not change a byte). A finished dataset is marked by
+The world (road, ego, objects of every class, buildings) lives in :mod:`.world`, the spinning
+LiDAR ray-cast against it in :mod:`.lidar`, the formats in :mod:`.writer`. Output is a pure
+function of the arguments (``num_workers`` does not change a byte). A finished dataset is marked by
 ``<root>/.d2_pillars_synthetic.json``; calling again with the same arguments returns at once,
 ``force=True`` regenerates. A dataset that another ``GENERATOR_VERSION`` wrote with the same
 arguments is stale and is regenerated (the new marker is newer than infos built from the old one).
@@ -29,14 +29,8 @@ from typing import Optional
 
 from d2_pillars.utils.file_io import atomic_open
 
-from .synthetic_writer import (
-    FORMATS,
-    GenerationOptions,
-    generate_scene,
-    validate_spec,
-    write_shared_tables,
-    write_tables,
-)
+from .formats import GenerationOptions, validate_spec
+from .writer import FORMATS, generate_scene, write_shared_tables, write_tables
 
 __all__ = [
     "make_synthetic_dataset",
@@ -56,7 +50,7 @@ GENERATOR_VERSION = 3
 
 def _parameters(fmt: str, options: GenerationOptions, version: str, lidar) -> dict:
     return {
-        "generator": "d2_pillars.data.datasets.synthetic",
+        "generator": "d2_pillars.synthetic",
         "generator_version": GENERATOR_VERSION,
         "format": fmt,
         "version": version,

@@ -25,24 +25,18 @@ from nuscenes.utils.geometry_utils import points_in_box
 from nuscenes.utils.splits import create_splits_scenes
 from pyquaternion import Quaternion
 
-from d2_pillars.data.datasets.synthetic import (
+from d2_pillars.synthetic import (
     GENERATOR_VERSION,
     MARKER_NAME,
     make_synthetic_dataset,
     make_synthetic_lyft,
     make_synthetic_nuscenes,
 )
-from d2_pillars.data.datasets.synthetic_scene import (
-    KIND_NAMES,
-    OBJECT_KINDS,
-    LidarSimulator,
-    LidarSpec,
-    box_corners,
-    build_world,
-    quaternion_from_ypr,
-    quaternion_to_matrix,
-)
-from d2_pillars.data.datasets.synthetic_writer import LYFT_FORMAT, NUSCENES_FORMAT
+from d2_pillars.synthetic.geometry import quaternion_from_ypr, quaternion_to_matrix
+from d2_pillars.synthetic.lidar import LidarSimulator, LidarSpec, box_corners
+from d2_pillars.synthetic.lyft_format import LYFT_FORMAT
+from d2_pillars.synthetic.nuscenes_format import NUSCENES_FORMAT
+from d2_pillars.synthetic.world import KIND_NAMES, OBJECT_KINDS, build_world
 
 SMALL = dict(num_scenes=2, keyframes_per_scene=4, seed=0, num_beams=32, azimuth_steps=360)
 LOW_RES = dict(SMALL, num_beams=8, azimuth_steps=256)  # as in the evaluation tests
