@@ -50,7 +50,9 @@ GENERATOR_VERSION = 3
 
 def _parameters(fmt: str, options: GenerationOptions, version: str, lidar) -> dict:
     return {
-        "generator": "d2_pillars.synthetic",
+        # An identifier, not an import path (the generator's first module name): datasets that
+        # are already on disk keep matching it.
+        "generator": "d2_pillars.data.datasets.synthetic",
         "generator_version": GENERATOR_VERSION,
         "format": fmt,
         "version": version,
