@@ -13,11 +13,8 @@ from detectron2.modeling import build_backbone
 
 from d2_pillars.config import add_pillars_config
 from d2_pillars.modeling.backbone import REGNETX_PRESETS
-from d2_pillars.modeling.pillar_encoder import (
-    PillarScatter,
-    build_pillar_encoder,
-    grid_size_from_range,
-)
+from d2_pillars.modeling.pillar_encoder import build_pillar_encoder
+from d2_pillars.modeling.pillar_scatter import PillarScatter, grid_size_from_range
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
 CONFIGS = sorted(p for p in CONFIG_DIR.rglob("*.yaml") if not p.name.startswith("Base-"))

@@ -23,7 +23,8 @@ from detectron2.layers import ShapeSpec
 from detectron2.modeling import META_ARCH_REGISTRY, build_backbone, build_model
 
 from ..config import add_pillars_config
-from ..modeling.pillar_encoder import PillarScatter, build_pillar_encoder, grid_size_from_range
+from ..modeling.pillar_encoder import build_pillar_encoder
+from ..modeling.pillar_scatter import PillarScatter, grid_size_from_range
 from .common import PrecomputedBottomUp, median_time, print_json, print_table, resolve_config_file
 
 __all__ = ["add_arguments", "main", "make_synthetic_pillars", "benchmark_config"]

@@ -33,7 +33,7 @@ from typing import List, Sequence, Tuple
 import torch
 from torch import Tensor, nn
 
-from ..modeling.pillar_encoder import PillarScatter
+from ..modeling.pillar_scatter import PillarScatter
 
 __all__ = [
     "NotExportableError",

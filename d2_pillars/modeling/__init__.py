@@ -6,6 +6,6 @@ from .meta_arch import PointPillars  # noqa: F401  (registers META_ARCH "PointPi
 from .pillar_encoder import (  # noqa: F401
     PILLAR_ENCODER_REGISTRY,
     PillarFeatureNet,
-    PillarScatter,
     build_pillar_encoder,
 )
+from .pillar_scatter import PillarScatter  # noqa: F401

@@ -13,7 +13,8 @@ from ..layers import collate_voxels
 from ..structures import LiDARBoxes
 from .anchor_head import build_anchor3d_head
 from .backbone import check_in_features
-from .pillar_encoder import PillarScatter, build_pillar_encoder
+from .pillar_encoder import build_pillar_encoder
+from .pillar_scatter import PillarScatter
 
 __all__ = ["PointPillars"]
 

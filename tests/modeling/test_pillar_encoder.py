@@ -10,11 +10,10 @@ from d2_pillars.modeling.pillar_encoder import (
     PILLAR_ENCODER_REGISTRY,
     NaiveSyncBatchNorm1d,
     PillarFeatureNet,
-    PillarScatter,
     build_pillar_encoder,
-    grid_size_from_range,
     segment_max,
 )
+from d2_pillars.modeling.pillar_scatter import PillarScatter, grid_size_from_range
 
 RANGE = [-4.0, -2.0, -5.0, 4.0, 2.0, 3.0]
 VOXEL = [0.5, 0.5, 8.0]  # 16 x 8 grid
@@ -294,23 +293,6 @@ def test_from_config_and_registry():
     cfg.INPUT.POINT_FEATURES = ["time_lag", "x", "y", "z"]
     with pytest.raises(ValueError, match="start with x, y, z"):
         build_pillar_encoder(cfg)
-
-
-def test_scatter_places_features_at_y_x():
-    g = torch.Generator().manual_seed(0)
-    nx, ny, batch = 5, 3, 2
-    coords = torch.tensor([[0, 0, 0, 0], [0, 0, 2, 4], [1, 0, 1, 3], [1, 0, 2, 0], [0, 0, 1, 2]])
-    feats = torch.randn(len(coords), 4, generator=g, requires_grad=True)
-    canvas = PillarScatter(nx=nx, ny=ny)(feats, coords.int(), batch)
-    assert canvas.shape == (batch, 4, ny, nx)
-    expected = torch.zeros(batch, 4, ny, nx)
-    for (b, _, y, x), f in zip(coords.tolist(), feats.detach()):
-        expected[b, :, y, x] = f
-    torch.testing.assert_close(canvas.detach(), expected, rtol=0, atol=0)
-    # non-square grid: H = y, W = x
-    assert canvas[1, :, 1, 3].equal(feats[2].detach())
-    canvas.sum().backward()
-    assert torch.equal(feats.grad, torch.ones_like(feats))
 
 
 def _hardvfe_reference(pfn, voxels, num_points, coords):
