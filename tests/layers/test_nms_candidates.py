@@ -22,7 +22,7 @@ def _clustered_boxes(n, seed):
 
 @pytest.mark.parametrize("threshold", [0.0, 0.2, 0.5])
 def test_candidates_are_the_circle_pairs_within_the_area_ratio(threshold):
-    boxes = _clustered_boxes(600, seed=int(threshold * 10))
+    boxes = _clustered_boxes(300, seed=int(threshold * 10))
     i, j = nms_candidate_pairs(boxes, threshold)
     assert bool((i < j).all())
     got = set(zip(i.tolist(), j.tolist()))
@@ -40,7 +40,7 @@ def test_candidates_are_the_circle_pairs_within_the_area_ratio(threshold):
 
 
 def test_overlap_graph_is_every_pair_above_the_threshold():
-    boxes = _clustered_boxes(500, seed=3)
+    boxes = _clustered_boxes(300, seed=3)
     iou = pairwise_iou_rotated_bev(boxes, boxes)
     i, j = overlap_graph(boxes, 0.2)
     assert {tuple(p) for p in torch.triu(iou > 0.2, diagonal=1).nonzero().tolist()} == set(
