@@ -186,9 +186,10 @@ class OnnxPointPillars(nn.Module):
         self.train(False)
 
     def _read_metadata(self, ort) -> Dict:
-        session = ort.InferenceSession(
-            self.path, self.session_options, providers=["CPUExecutionProvider"]
-        )
+        options = ort.SessionOptions()  # no graph optimisation: only the metadata is read
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+        options.log_severity_level = 3
+        session = ort.InferenceSession(self.path, options, providers=["CPUExecutionProvider"])
         props = session.get_modelmeta().custom_metadata_map
         if METADATA_KEY not in props:
             raise ValueError(
