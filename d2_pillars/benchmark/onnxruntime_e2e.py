@@ -61,7 +61,7 @@ def _stage_of(event_node, stages):
     return "other"
 
 
-def _profile_graph(path, feeds, output_names, threads, runs):
+def _profile_graph(path, feeds, output_names, threads, runs, providers=("CPUExecutionProvider",)):
     """Mean kernel seconds per stage over ``runs`` profiled runs (after one warm-up)."""
     import onnxruntime as ort
 
@@ -72,7 +72,7 @@ def _profile_graph(path, feeds, output_names, threads, runs):
         options.log_severity_level = 3
         options.enable_profiling = True
         options.profile_file_prefix = os.path.join(tmp, "ort")
-        session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+        session = ort.InferenceSession(path, options, providers=list(providers))
         for _ in range(runs + 1):
             session.run(output_names, feeds)
         with open(session.end_profiling()) as f:
@@ -111,7 +111,9 @@ def benchmark_onnxruntime(
         onnx_cfg.defrost()
         onnx_cfg.MODEL.BACKEND = "onnxruntime"
         onnx_cfg.MODEL.ONNX.PATH = report.path
-        onnx_cfg.MODEL.ONNX.PROVIDERS = ["CPUExecutionProvider"]
+        # CPU runs compare CPU with CPU; with --device cuda the default order (TensorRT, CUDA)
+        cpu = torch.device(cfg.MODEL.DEVICE).type == "cpu"
+        onnx_cfg.MODEL.ONNX.PROVIDERS = ["CPUExecutionProvider"] if cpu else []
         predictor = OnnxPillarsPredictor(onnx_cfg, intra_op_threads=threads)
         model = predictor.model
         figures["providers"] = list(model.providers)
@@ -166,7 +168,9 @@ def benchmark_onnxruntime(
         figures["e2e_outside_graph_cpu_s"] = statistics.median(r[1] - r[3] for r in runs)
 
         figures["pillar_net"] = model.pillar_net
-        kernel = _profile_graph(report.path, feeds, model.output_names, threads, profile_runs)
+        kernel = _profile_graph(
+            report.path, feeds, model.output_names, threads, profile_runs, model.providers
+        )
     figures["graph_kernel_s"] = {k: kernel.get(k, 0.0) for k in (*GRAPH_STAGES, "other")}
     figures["detections"] = len(model.postprocess(outputs)[0])
     import onnxruntime
