@@ -1,6 +1,7 @@
 """Helpers shared by the benchmarks: timing, output, the config file and the dataset."""
 
 import json
+import numpy as np
 import os
 import statistics
 import time
@@ -15,6 +16,7 @@ __all__ = [
     "has_nuscenes_dataset",
     "update_nuscenes_infos",
     "PrecomputedBottomUp",
+    "load_stage",
 ]
 
 #: The nuScenes version the benchmarks read: the synthetic dataset's layout, or a real mini.
@@ -91,3 +93,26 @@ class PrecomputedBottomUp(torch.nn.Module):
 
     def forward(self, x):
         return self.outputs
+
+
+def load_stage(mapper, record):
+    """The mapper's test-time steps before voxelization (keyframe + sweeps, range filter) as a
+    callable returning ``(all points, points in range)``."""
+    from ..data.points import load_points
+
+    pc_range = np.asarray(mapper.point_cloud_range, dtype=np.float32).reshape(6)
+
+    def load():
+        points = load_points(
+            record,
+            point_features=mapper.point_features,
+            load_dim=mapper.load_dim,
+            num_sweeps=mapper.num_sweeps,
+            remove_close_radius=mapper.remove_close_radius,
+        )
+        mask = (points[:, 0] > pc_range[0]) & (points[:, 0] < pc_range[3])
+        for axis in (1, 2):
+            mask &= (points[:, axis] > pc_range[axis]) & (points[:, axis] < pc_range[axis + 3])
+        return points, points[mask]
+
+    return load

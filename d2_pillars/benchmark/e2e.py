@@ -49,11 +49,11 @@ import torch
 from ..data.datasets import info_path, load_dataset_dicts
 from ..data.datasets.register import default_datasets_root
 from ..data.mapper import PointCloudMapper
-from ..data.points import load_points
 from .common import (
     NUSCENES_VERSION,
     PrecomputedBottomUp,
     has_nuscenes_dataset,
+    load_stage,
     median_time,
     print_json,
     print_table,
@@ -283,34 +283,13 @@ def _warm_page_cache(records):
 # --------------------------------------------------------------------------------------------
 
 
-def _load_stage(mapper, record):
-    """The mapper's test-time steps before voxelization (keyframe + sweeps, range filter) as a
-    callable returning ``(all points, points in range)``."""
-    pc_range = np.asarray(mapper.point_cloud_range, dtype=np.float32).reshape(6)
-
-    def load():
-        points = load_points(
-            record,
-            point_features=mapper.point_features,
-            load_dim=mapper.load_dim,
-            num_sweeps=mapper.num_sweeps,
-            remove_close_radius=mapper.remove_close_radius,
-        )
-        mask = (points[:, 0] > pc_range[0]) & (points[:, 0] < pc_range[3])
-        for axis in (1, 2):
-            mask &= (points[:, axis] > pc_range[axis]) & (points[:, axis] < pc_range[axis + 3])
-        return points, points[mask]
-
-    return load
-
-
 @torch.no_grad()
 def benchmark_inference(predictor, record, timer, profile=False):
     """Per-stage and end-to-end latency of ``predictor`` on one dataset dict."""
     model, mapper = predictor.model, predictor.mapper
     figures = {}
 
-    load = _load_stage(mapper, record)
+    load = load_stage(mapper, record)
     timer("loading", load)
     raw, points = load()
     points_t = torch.from_numpy(points)

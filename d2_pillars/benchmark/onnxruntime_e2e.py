@@ -18,6 +18,8 @@ import time
 from collections import defaultdict
 import torch
 
+from .common import load_stage
+
 __all__ = ["benchmark_onnxruntime", "GRAPH_STAGES", "node_stages"]
 
 #: Stages of the graph, as the eager table names them.
@@ -124,9 +126,7 @@ def benchmark_onnxruntime(
         def voxelize():
             return mapper.voxelizer(points_t)
 
-        from .e2e import _load_stage  # the eager table's loading stage, shared
-
-        load = _load_stage(mapper, record)
+        load = load_stage(mapper, record)  # the eager table's loading stage, shared
         timer("loading", load)
         points_t = torch.from_numpy(load()[1])
         timer("voxelization", voxelize)
