@@ -238,8 +238,16 @@ def _torch_threads(n):
 def _load_cfg(args):
     from ..engine import load_config
 
-    cfg = load_config(resolve_config_file(args.config_file), args.opts or ())
+    opts = list(args.opts or ())
+    cfg = load_config(resolve_config_file(args.config_file), opts)
     cfg.MODEL.DEVICE = args.device
+    if "MODEL.WEIGHTS" not in opts[0::2] and cfg.MODEL.WEIGHTS:
+        # Timings do not depend on the weights: a config's default (e.g. the RegNet configs'
+        # ImageNet URL) is not fetched; pass MODEL.WEIGHTS explicitly to time given weights.
+        logger.info(
+            "Random weights (the config's MODEL.WEIGHTS %s is not loaded)", cfg.MODEL.WEIGHTS
+        )
+        cfg.MODEL.WEIGHTS = ""
     return cfg
 
 

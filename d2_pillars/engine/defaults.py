@@ -103,9 +103,10 @@ def main(args):
         return evaluate_results_file(cfg, args.results)
     if args.eval_only:
         model = PillarsTrainer.build_model(cfg)
-        PillarsCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(
-            cfg.MODEL.WEIGHTS, resume=args.resume
-        )
+        if cfg.MODEL.BACKEND == "torch":  # an exported graph carries its own weights
+            PillarsCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(
+                cfg.MODEL.WEIGHTS, resume=args.resume
+            )
         res = PillarsTrainer.test(cfg, model)
         if comm.is_main_process():
             verify_results(cfg, res)

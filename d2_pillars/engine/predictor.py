@@ -25,7 +25,8 @@ class PillarsPredictor:
         self.cfg = cfg.clone()
         self.model = build_pillars_model(self.cfg)
         self.model.eval()
-        if cfg.MODEL.WEIGHTS:
+        # MODEL.BACKEND other than torch: an exported graph that carries its own weights
+        if cfg.MODEL.WEIGHTS and cfg.MODEL.BACKEND == "torch":
             PillarsCheckpointer(self.model).load(cfg.MODEL.WEIGHTS)
         self.mapper = PointCloudMapper(self.cfg, is_train=False)
 

@@ -133,7 +133,9 @@ class ModelPredictions:
         self.cfg = cfg
         self.model = build_pillars_model(cfg)
         self.model.eval()
-        if cfg.MODEL.WEIGHTS:
+        if cfg.MODEL.BACKEND != "torch":
+            pass  # an exported graph carries its weights; MODEL.WEIGHTS is not read
+        elif cfg.MODEL.WEIGHTS:
             PillarsCheckpointer(self.model).load(cfg.MODEL.WEIGHTS)
         else:
             logger.warning("MODEL.WEIGHTS is empty: predictions come from an untrained model")

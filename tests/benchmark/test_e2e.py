@@ -156,3 +156,17 @@ def test_e2e_onnxruntime_side_by_side(root, capsys):
     assert "onnxruntime end to end / torch end to end (wall)" in figures["targets"]
     assert "onnxruntime wall ms" in out and "network graph, one call" in out
     assert json.loads(out.strip().splitlines()[-1])["onnxruntime"]["pillar_net"] == "dense"
+
+
+def test_config_default_weights_are_not_fetched_unless_given():
+    """The RegNet seed configs default to an ImageNet URL; the benchmark times random weights
+    offline unless MODEL.WEIGHTS is given on its command line."""
+    import argparse
+
+    from d2_pillars.benchmark.e2e import _load_cfg
+
+    config = "configs/nuscenes/pointpillars_regnetx_400mf_fpn.yaml"
+    args = argparse.Namespace(config_file=config, opts=[], device="cpu")
+    assert _load_cfg(args).MODEL.WEIGHTS == ""
+    args.opts = ["MODEL.WEIGHTS", "given.pth"]
+    assert _load_cfg(args).MODEL.WEIGHTS == "given.pth"
