@@ -37,29 +37,27 @@ average. The last output line is one JSON object of the figures (seconds).
 """
 
 import argparse
-import contextlib
 import logging
 import numpy as np
 import os
-import resource
 import statistics
 import time
 import torch
 
 from ..data.datasets import info_path, load_dataset_dicts
 from ..data.datasets.register import default_datasets_root
-from ..data.mapper import PointCloudMapper
 from .common import (
     NUSCENES_VERSION,
     PrecomputedBottomUp,
     has_nuscenes_dataset,
     load_stage,
-    median_time,
     print_json,
     print_table,
     resolve_config_file,
     update_nuscenes_infos,
 )
+from .measure import ModuleClock, Timer
+from .training import benchmark_loader, benchmark_training
 
 __all__ = ["add_arguments", "main", "prepare_dataset", "TARGETS"]
 
@@ -126,113 +124,6 @@ def add_arguments(parser: argparse.ArgumentParser):
     )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides KEY VALUE ...")
-
-
-# --------------------------------------------------------------------------------------------
-# measurement helpers
-# --------------------------------------------------------------------------------------------
-
-
-class _Timer:
-    """Median wall and process-CPU seconds of callables (``common.median_time`` plus CPU time)."""
-
-    def __init__(self, device, repeats, warmup):
-        self.device = device
-        self.repeats = repeats
-        self.warmup = warmup
-        self.wall = {}
-        self.cpu = {}
-
-    def __call__(self, key, fn, repeats=None, warmup=None):
-        cpu = []
-
-        def run():
-            t0 = time.process_time()
-            fn()
-            cpu.append(time.process_time() - t0)
-
-        warmup = self.warmup if warmup is None else warmup
-        self.wall[key] = median_time(
-            run,
-            repeats=self.repeats if repeats is None else repeats,
-            warmup=warmup,
-            device=self.device,
-        )
-        self.cpu[key] = statistics.median(cpu[warmup:])
-        return self.wall[key]
-
-
-def _read_status_kb(field):
-    """A ``kB`` field of ``/proc/self/status`` (Linux), in bytes; None elsewhere."""
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith(field + ":"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        return None
-    return None
-
-
-def _reset_peak_rss():
-    """Reset the kernel's peak-RSS mark of this process; True when it could."""
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-        return True
-    except OSError:
-        return False
-
-
-def _peak_rss_bytes():
-    peak = _read_status_kb("VmHWM")
-    if peak is not None:
-        return peak
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux: kB
-
-
-class _ModuleClock:
-    """Wall and process-CPU seconds spent inside the forward calls of some modules (via hooks),
-    to split one end-to-end run into its dense part and the rest."""
-
-    def __init__(self, modules, device):
-        self.cuda = torch.device(device).type == "cuda"
-        self.wall = self.cpu = 0.0
-        self._start = None
-        self._handles = []
-        for m in modules:
-            self._handles.append(m.register_forward_pre_hook(self._enter))
-            self._handles.append(m.register_forward_hook(self._exit))
-
-    def _now(self):
-        if self.cuda:
-            torch.cuda.synchronize()
-        return time.perf_counter(), time.process_time()
-
-    def _enter(self, module, inputs):
-        self._start = self._now()
-
-    def _exit(self, module, inputs, output):
-        wall, cpu = self._now()
-        self.wall += wall - self._start[0]
-        self.cpu += cpu - self._start[1]
-
-    def reset(self):
-        self.wall = self.cpu = 0.0
-
-    def remove(self):
-        for h in self._handles:
-            h.remove()
-
-
-@contextlib.contextmanager
-def _torch_threads(n):
-    old = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(old)
 
 
 def _load_cfg(args):
@@ -356,7 +247,7 @@ def benchmark_inference(predictor, record, timer, profile=False):
     # The end-to-end runs, each split into its dense part (backbone + neck + head forward, timed
     # by hooks inside the same run) and the rest: the ratio of each run is immune to the load
     # changing between separately timed stages.
-    clock = _ModuleClock([model.backbone, model.head], timer.device)
+    clock = ModuleClock([model.backbone, model.head], timer.device)
     runs = []
 
     def e2e():
@@ -391,93 +282,6 @@ def _profile(predictor, record):
     with profile(activities=activities, record_shapes=False, profile_memory=True) as prof:
         predictor(record)
     print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=25))
-
-
-# --------------------------------------------------------------------------------------------
-# training and loading
-# --------------------------------------------------------------------------------------------
-
-
-def _mapped_batches(cfg, records, batch, count, seed):
-    """``count`` batches of mapped training samples (mapper None results skipped)."""
-    np.random.seed(seed)
-    mapper = PointCloudMapper(cfg, is_train=True)
-    samples, i = [], 0
-    while len(samples) < batch * count:
-        out = mapper(records[i % len(records)])
-        i += 1
-        if out is not None:
-            samples.append(out)
-        if i > 10 * batch * count + 100:
-            raise RuntimeError("the training mapper returns no annotated sample")
-    return [samples[k * batch : (k + 1) * batch] for k in range(count)]
-
-
-def benchmark_training(cfg, records, timer, args):
-    """Training iterations/s, keyframes/s and peak memory of ``--train-batch`` samples."""
-    from detectron2.utils.events import EventStorage
-
-    from ..engine import PillarsTrainer, build_pillars_model, build_step_trainer
-
-    device = torch.device(cfg.MODEL.DEVICE)
-    torch.manual_seed(args.seed)
-    model = build_pillars_model(cfg).train()
-    optimizer = PillarsTrainer.build_optimizer(cfg, model)
-    batches = _mapped_batches(
-        cfg, records, args.train_batch, args.train_warmup + args.train_repeats, args.seed
-    )
-    # The step PillarsTrainer runs: plain, CUDA float16 with loss scaling, or CPU bfloat16.
-    trainer = build_step_trainer(cfg, model, iter(batches), optimizer)
-    storage = EventStorage(0)
-
-    def step():
-        with storage:
-            trainer.run_step()
-        storage.step()
-
-    figures = {"amp": bool(cfg.SOLVER.AMP.ENABLED)}
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-        base = torch.cuda.memory_allocated()
-        timer("train_iteration", step, repeats=args.train_repeats, warmup=args.train_warmup)
-        peak = torch.cuda.max_memory_allocated()
-        figures["train_peak_mem_source"] = "torch.cuda.max_memory_allocated"
-    else:
-        base = _read_status_kb("VmRSS") or 0
-        reset = _reset_peak_rss()
-        timer("train_iteration", step, repeats=args.train_repeats, warmup=args.train_warmup)
-        peak = _peak_rss_bytes()
-        figures["train_peak_mem_source"] = (
-            "VmHWM (peak RSS, reset before training)" if reset else "ru_maxrss (process peak RSS)"
-        )
-    figures["train_peak_mem_gb"] = round(peak / 2**30, 3)
-    figures["train_mem_before_gb"] = round(base / 2**30, 3)
-    figures["train_iter_s"] = timer.wall["train_iteration"]
-    figures["train_iter_cpu_s"] = timer.cpu["train_iteration"]
-    figures["train_its"] = 1.0 / timer.wall["train_iteration"]
-    figures["train_fps"] = args.train_batch / timer.wall["train_iteration"]
-    return figures
-
-
-def benchmark_loader(cfg, records, args):
-    """Keyframes/s of the training mapper with one torch thread (one data-loader worker)."""
-    np.random.seed(args.seed)
-    mapper = PointCloudMapper(cfg, is_train=True)
-    wall, cpu = [], []
-    with _torch_threads(1):
-        for i in range(args.warmup + args.loader_samples):
-            t0, c0 = time.perf_counter(), time.process_time()
-            mapper(records[i % len(records)])
-            if i >= args.warmup:
-                wall.append(time.perf_counter() - t0)
-                cpu.append(time.process_time() - c0)
-    return {
-        "loader_s_per_frame": statistics.median(wall),
-        "loader_cpu_s_per_frame": statistics.median(cpu),
-        "loader_fps_per_worker": 1.0 / statistics.median(wall),
-        "loader_fps_per_worker_cpu_time": 1.0 / statistics.median(cpu),
-    }
 
 
 # --------------------------------------------------------------------------------------------
@@ -559,7 +363,7 @@ def main(args):
     record = val[len(val) // 2]
     _warm_page_cache([record])
 
-    timer = _Timer(args.device, args.repeats, args.warmup)
+    timer = Timer(args.device, args.repeats, args.warmup)
     load_before = os.getloadavg()
     predictor = PillarsPredictor(cfg)
     if args.load == "full":
@@ -576,7 +380,7 @@ def main(args):
     if args.backend == "onnxruntime":
         from .onnxruntime_e2e import benchmark_onnxruntime
 
-        ort_timer = _Timer(args.device, args.repeats, args.warmup)
+        ort_timer = Timer(args.device, args.repeats, args.warmup)
         figures["onnxruntime"] = benchmark_onnxruntime(
             cfg,
             predictor.model,

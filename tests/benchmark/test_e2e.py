@@ -95,36 +95,6 @@ def test_e2e_training_runs_the_trainers_step(root, monkeypatch, amp_enabled):
     assert steps == ([torch.bfloat16] if amp_enabled else [])
 
 
-def test_module_clock_times_only_the_hooked_modules():
-    slow = torch.nn.Sequential(torch.nn.Linear(256, 256), torch.nn.ReLU())
-    clock = e2e._ModuleClock([slow], "cpu")
-    x = torch.randn(512, 256)
-    with torch.no_grad():
-        slow(x)
-    once = clock.wall
-    assert once > 0 and clock.cpu >= 0
-    torch.randn(2000, 2000).sum()  # not inside a hooked module: not counted
-    assert clock.wall == once
-    clock.reset()
-    assert clock.wall == 0.0
-    clock.remove()
-    with torch.no_grad():
-        slow(x)
-    assert clock.wall == 0.0
-
-
-def test_peak_rss_reset_and_read():
-    before = e2e._peak_rss_bytes()
-    assert before > 0
-    if not e2e._reset_peak_rss():
-        pytest.skip("/proc/self/clear_refs is not writable here")
-    after_reset = e2e._peak_rss_bytes()
-    assert after_reset <= before
-    block = torch.ones(64 * 2**20 // 4)  # 64 MB touched
-    assert e2e._peak_rss_bytes() >= after_reset + 32 * 2**20
-    del block
-
-
 def test_e2e_onnxruntime_side_by_side(root, capsys):
     pytest.importorskip("onnxruntime")
     threads = torch.get_num_threads()
