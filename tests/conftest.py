@@ -94,3 +94,29 @@ def capture_logs():
             logger.setLevel(old_level)
 
     return capture
+
+
+@pytest.fixture(scope="session")
+def tiny_demo_opts():
+    """``make(train_name, val_name, max_iter) -> [KEY, VALUE, ...]``: the demo config shrunk to
+    a +-16 m grid of 1 m pillars, one sweep, a 16-channel FPN and ``max_iter`` iterations, on
+    the named splits (every box kept at test time, at most 20 per sample)."""
+
+    def make(train_name, val_name, max_iter=4):
+        return [
+            "DATASETS.TRAIN", f'("{train_name}",)',
+            "DATASETS.TEST", f'("{val_name}",)',
+            "INPUT.POINT_CLOUD_RANGE", "[-16.0, -16.0, -5.0, 16.0, 16.0, 3.0]",
+            "INPUT.VOXEL_SIZE", "[1.0, 1.0, 8.0]",
+            "INPUT.NUM_SWEEPS", "1",
+            "MODEL.ANCHOR3D_HEAD.ANCHOR_RANGES", "[[-16.0, -16.0, -1.8, 16.0, 16.0, -1.8]]",
+            "MODEL.FPN.OUT_CHANNELS", "16",
+            "SOLVER.MAX_ITER", str(max_iter),
+            "SOLVER.WARMUP_ITERS", "2",
+            "SOLVER.STEPS", f"({max_iter - 1},)",
+            "SOLVER.LOG_PERIOD", "1",
+            "MODEL.ANCHOR3D_HEAD.SCORE_THRESH_TEST", "0.0",
+            "MODEL.ANCHOR3D_HEAD.MAX_DETECTIONS_PER_SAMPLE", "20",
+        ]  # fmt: skip
+
+    return make

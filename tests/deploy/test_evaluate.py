@@ -10,23 +10,11 @@ from d2_pillars.engine import demo
 pytest.importorskip("onnxruntime")
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-TINY = [
-    "DATASETS.TRAIN", '("ort_demo_train",)',
-    "DATASETS.TEST", '("ort_demo_val",)',
-    "INPUT.POINT_CLOUD_RANGE", "[-16.0, -16.0, -5.0, 16.0, 16.0, 3.0]",
-    "INPUT.VOXEL_SIZE", "[1.0, 1.0, 8.0]",
-    "INPUT.NUM_SWEEPS", "1",
-    "MODEL.ANCHOR3D_HEAD.ANCHOR_RANGES", "[[-16.0, -16.0, -1.8, 16.0, 16.0, -1.8]]",
-    "MODEL.FPN.OUT_CHANNELS", "16",
-    "SOLVER.MAX_ITER", "6",
-    "SOLVER.WARMUP_ITERS", "2",
-    "SOLVER.STEPS", "(5,)",
-    "MODEL.ANCHOR3D_HEAD.SCORE_THRESH_TEST", "0.0",
-    "MODEL.ANCHOR3D_HEAD.MAX_DETECTIONS_PER_SAMPLE", "20",
-]  # fmt: skip
 
 
-def test_exported_demo_run_evaluates_like_torch(register_small_synthetic, tmp_path, monkeypatch):
+def test_exported_demo_run_evaluates_like_torch(
+    register_small_synthetic, tiny_demo_opts, tmp_path, monkeypatch
+):
     from d2_pillars.deploy.evaluate import export_and_evaluate
 
     root = register_small_synthetic(
@@ -34,7 +22,8 @@ def test_exported_demo_run_evaluates_like_torch(register_small_synthetic, tmp_pa
         num_scenes=10, keyframes_per_scene=2, azimuth_steps=128,
     )  # fmt: skip
     monkeypatch.setattr(demo, "prepare_synthetic_nuscenes", lambda _: root)
-    summary = demo.run_demo(os.path.join(REPO, demo.DEMO_CONFIG), str(tmp_path / "run"), TINY)
+    tiny = tiny_demo_opts("ort_demo_train", "ort_demo_val", max_iter=6)
+    summary = demo.run_demo(os.path.join(REPO, demo.DEMO_CONFIG), str(tmp_path / "run"), tiny)
     results, report = export_and_evaluate(summary["output_dir"])
     assert report.worst_rel_diff <= 1e-4
     assert os.path.isfile(os.path.join(summary["output_dir"], "onnx", "model.onnx"))

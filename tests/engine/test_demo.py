@@ -6,21 +6,6 @@ import os
 from d2_pillars.engine import demo
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-TINY = [
-    "DATASETS.TRAIN", '("demo_tiny_train",)',
-    "DATASETS.TEST", '("demo_tiny_val",)',
-    "INPUT.POINT_CLOUD_RANGE", "[-16.0, -16.0, -5.0, 16.0, 16.0, 3.0]",
-    "INPUT.VOXEL_SIZE", "[1.0, 1.0, 8.0]",
-    "INPUT.NUM_SWEEPS", "1",
-    "MODEL.ANCHOR3D_HEAD.ANCHOR_RANGES", "[[-16.0, -16.0, -1.8, 16.0, 16.0, -1.8]]",
-    "MODEL.FPN.OUT_CHANNELS", "16",
-    "SOLVER.MAX_ITER", "4",
-    "SOLVER.WARMUP_ITERS", "2",
-    "SOLVER.STEPS", "(3,)",
-    "SOLVER.LOG_PERIOD", "1",
-    "MODEL.ANCHOR3D_HEAD.SCORE_THRESH_TEST", "0.0",
-    "MODEL.ANCHOR3D_HEAD.MAX_DETECTIONS_PER_SAMPLE", "20",
-]  # fmt: skip
 
 
 def _losses(output_dir):
@@ -31,8 +16,9 @@ def _losses(output_dir):
 
 
 def test_demo_runs_every_step_and_its_seeded_config_repeats_exactly(
-    register_small_synthetic, tmp_path, monkeypatch, capsys
+    register_small_synthetic, tiny_demo_opts, tmp_path, monkeypatch, capsys
 ):
+    tiny = tiny_demo_opts("demo_tiny_train", "demo_tiny_val")
     root = register_small_synthetic(
         "nuscenes",
         tmp_path / "synthetic_nuscenes",
@@ -45,7 +31,7 @@ def test_demo_runs_every_step_and_its_seeded_config_repeats_exactly(
     monkeypatch.setattr(demo, "prepare_synthetic_nuscenes", lambda _: root)
     config = os.path.join(REPO, demo.DEMO_CONFIG)
 
-    first = demo.run_demo(config, str(tmp_path / "a"), TINY)
+    first = demo.run_demo(config, str(tmp_path / "a"), tiny)
     last_line = capsys.readouterr().out.strip().splitlines()[-1]
     assert json.loads(last_line) == first
     assert set(first) >= {"car_ap", "mAP", "NDS", "minutes", "output_dir", "bev_image"}
@@ -53,7 +39,7 @@ def test_demo_runs_every_step_and_its_seeded_config_repeats_exactly(
     assert os.path.isfile(os.path.join(first["output_dir"], "model_final.pth"))
 
     # The demo config sets SEED: weights, sampling and augmentation repeat bit for bit.
-    second = demo.run_demo(config, str(tmp_path / "b"), TINY)
+    second = demo.run_demo(config, str(tmp_path / "b"), tiny)
     assert _losses(first["output_dir"]) == _losses(second["output_dir"])
     assert len(_losses(first["output_dir"])) == 4
     assert (first["car_ap"], first["mAP"], first["NDS"]) == (
