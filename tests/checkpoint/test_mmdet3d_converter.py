@@ -159,6 +159,8 @@ def test_training_state_objects_are_read_inert(lyft_fpn_state, tmp_path, code_ru
 def test_unreadable_training_state_is_a_clear_error(lyft_fpn_state, tmp_path, code_running_pickle):
     obj, marker = code_running_pickle
     src = _save(tmp_path / "ref.pth", lyft_fpn_state, cfg=_ConfigDict(a=1), evil=obj)
-    with pytest.raises(MMDet3DCheckpointError, match="(?s)weights_only=True.*keep just its weights"):
+    with pytest.raises(
+        MMDet3DCheckpointError, match="(?s)weights_only=True.*keep just its weights"
+    ):
         read_mmdet3d_checkpoint(src)
     assert not marker.exists()
