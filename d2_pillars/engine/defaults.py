@@ -9,9 +9,8 @@ from detectron2.evaluation import verify_results
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
-from ..checkpoint import PillarsCheckpointer
 from ..config import add_pillars_config
-from .trainer import PillarsTrainer
+from .trainer import PillarsTrainer, load_model_weights
 
 __all__ = ["argument_parser", "setup", "main", "load_config"]
 
@@ -103,10 +102,7 @@ def main(args):
         return evaluate_results_file(cfg, args.results)
     if args.eval_only:
         model = PillarsTrainer.build_model(cfg)
-        if cfg.MODEL.BACKEND == "torch":  # an exported graph carries its own weights
-            PillarsCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(
-                cfg.MODEL.WEIGHTS, resume=args.resume
-            )
+        load_model_weights(cfg, model, resume=args.resume, save_dir=cfg.OUTPUT_DIR)
         res = PillarsTrainer.test(cfg, model)
         if comm.is_main_process():
             verify_results(cfg, res)

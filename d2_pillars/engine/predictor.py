@@ -2,9 +2,8 @@
 
 import torch
 
-from ..checkpoint import PillarsCheckpointer
 from ..data import PointCloudMapper
-from .trainer import build_pillars_model
+from .trainer import build_pillars_model, load_model_weights
 
 __all__ = ["PillarsPredictor"]
 
@@ -25,9 +24,7 @@ class PillarsPredictor:
         self.cfg = cfg.clone()
         self.model = build_pillars_model(self.cfg)
         self.model.eval()
-        # MODEL.BACKEND other than torch: an exported graph that carries its own weights
-        if cfg.MODEL.WEIGHTS and cfg.MODEL.BACKEND == "torch":
-            PillarsCheckpointer(self.model).load(cfg.MODEL.WEIGHTS)
+        load_model_weights(self.cfg, self.model)
         self.mapper = PointCloudMapper(self.cfg, is_train=False)
 
     @torch.no_grad()

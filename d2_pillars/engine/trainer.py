@@ -24,6 +24,7 @@ __all__ = [
     "PillarsTrainer",
     "build_pillars_evaluator",
     "build_pillars_model",
+    "load_model_weights",
     "wrap_ddp",
     "INFERENCE_BACKEND_REGISTRY",
 ]
@@ -65,6 +66,18 @@ def build_pillars_model(cfg):
             "Converted BatchNorm layers to naiveSyncBN for %d processes.", comm.get_world_size()
         )
     return model
+
+
+def load_model_weights(cfg, model, *, resume=False, save_dir=""):
+    """Load ``MODEL.WEIGHTS`` into a model of :func:`build_pillars_model` (``resume``: the last
+    checkpoint of ``save_dir`` when there is one). A back-end other than "torch" runs an exported
+    graph that carries its own weights: nothing is loaded; empty weights on torch are a warning."""
+    if cfg.MODEL.BACKEND != "torch":
+        return
+    if not cfg.MODEL.WEIGHTS and not resume:
+        logger.warning("MODEL.WEIGHTS is empty: predictions come from an untrained model")
+        return
+    PillarsCheckpointer(model, save_dir=save_dir).resume_or_load(cfg.MODEL.WEIGHTS, resume=resume)
 
 
 def wrap_ddp(model):

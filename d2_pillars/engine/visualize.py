@@ -20,15 +20,15 @@ import torch
 
 from detectron2.data import DatasetCatalog, MetadataCatalog
 
-from ..checkpoint import PillarsCheckpointer
 from ..data import PointCloudMapper
 from ..data.display import ego_yaw_in_lidar, ground_truth_of, load_display_points
 from ..evaluation.results_io import ResultsFileError, load_lyft_results, load_nuscenes_results
 from ..structures import LiDARBoxes
 from ..visualization import VisSample, save_samples, show_samples
+from ..visualization.inputs import as_numpy
 from ..visualization.open3d_viewer import has_display
 from .defaults import load_config
-from .trainer import build_pillars_model
+from .trainer import build_pillars_model, load_model_weights
 
 __all__ = [
     "SampleLoader",
@@ -39,10 +39,6 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
-
-
-def _as_numpy(x) -> np.ndarray:
-    return x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
 
 
 class ResultsFilePredictions:
@@ -133,12 +129,7 @@ class ModelPredictions:
         self.cfg = cfg
         self.model = build_pillars_model(cfg)
         self.model.eval()
-        if cfg.MODEL.BACKEND != "torch":
-            pass  # an exported graph carries its weights; MODEL.WEIGHTS is not read
-        elif cfg.MODEL.WEIGHTS:
-            PillarsCheckpointer(self.model).load(cfg.MODEL.WEIGHTS)
-        else:
-            logger.warning("MODEL.WEIGHTS is empty: predictions come from an untrained model")
+        load_model_weights(cfg, self.model)
         self.mapper = PointCloudMapper(cfg, is_train=False)
         self.point_features = tuple(cfg.INPUT.POINT_FEATURES)
 
@@ -152,7 +143,7 @@ class ModelPredictions:
             "boxes": inst.pred_boxes3d,
             "labels": inst.pred_classes.numpy().astype(np.int64),
             "scores": inst.scores.numpy().astype(np.float32),
-            "points": _as_numpy(inputs["points"]),
+            "points": as_numpy(inputs["points"]),
         }
 
 
@@ -212,8 +203,8 @@ class SampleLoader:
             )  # fmt: skip
         if pred is not None:
             sample.pred_boxes = pred["boxes"]
-            sample.pred_labels = _as_numpy(pred["labels"]).astype(np.int64)
-            sample.pred_scores = _as_numpy(pred["scores"]).astype(np.float32)
+            sample.pred_labels = as_numpy(pred["labels"]).astype(np.int64)
+            sample.pred_scores = as_numpy(pred["scores"]).astype(np.float32)
         return sample
 
 
