@@ -28,7 +28,7 @@ from .mmdet3d_converter import (
     convert_mmdet3d_to_model,
     format_mmdet3d_report,
     is_mmdet3d_state_dict,
-    load_torch_file,
+    load_with_placeholders,
     make_mmdet3d_checkpoint,
 )
 from .regnet_converter import (
@@ -105,7 +105,7 @@ def load_mmdet3d_or_weights_file(filename: str):
     try:
         return load_weights_file(filename)
     except RegNetCheckpointError:
-        obj = load_torch_file(filename)
+        obj = load_with_placeholders(filename)  # weights_only=True already refused it as is
         if not _is_mmdet3d_checkpoint(obj):
             raise
         return obj

@@ -37,6 +37,7 @@ __all__ = [
     "is_mmdet3d_state_dict",
     "read_mmdet3d_checkpoint",
     "load_torch_file",
+    "load_with_placeholders",
     "resolve_convention",
     "convert_mmdet3d_state_dict",
     "convert_mmdet3d_to_model",
@@ -79,6 +80,12 @@ def load_torch_file(path: str):
         pass
     except Exception as e:  # not a torch file, truncated, ...
         raise MMDet3DCheckpointError(f"Cannot read {path} as a torch checkpoint: {e}") from e
+    return load_with_placeholders(path)
+
+
+def load_with_placeholders(path: str):
+    """The second step of :func:`load_torch_file`: ``torch.load(weights_only=True)`` with the
+    file's other globals allowed as inert :class:`_Opaque` placeholders."""
     try:
         names = torch.serialization.get_unsafe_globals_in_checkpoint(path)
         with torch.serialization.safe_globals([(_Opaque, name) for name in names]):
