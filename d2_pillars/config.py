@@ -97,11 +97,12 @@ def add_pillars_config(cfg):
     # 8-14% less time in backbone + neck + head at inference, ~2% less per training iteration.
     # Off by default: not measured on CUDA.
     _C.MODEL.CHANNELS_LAST = False
-    # Inference back-end (README, "Deploy"): "torch" (eager) or "onnxruntime", which runs the
-    # network (pillar net .. head convolutions) exported by tools/deploy/export_model.py; the
-    # voxelization and the decode + NMS are the same code in both. "onnxruntime" is inference
-    # only and is registered by `import d2_pillars.deploy` (the tools import it). Its weights are
-    # those of the exported graph: MODEL.WEIGHTS is not read.
+    # Inference back-end (README, "Deploy"): "torch" (eager), or "onnxruntime" / "openvino",
+    # which run the network (pillar net .. head convolutions) exported by
+    # tools/deploy/export_model.py (float or int8); the voxelization and the decode + NMS are the
+    # same code in all. The graph back-ends are inference only and are registered by
+    # `import d2_pillars.deploy` (the tools import it). Their weights are those of the exported
+    # graph: MODEL.WEIGHTS is not read.
     _C.MODEL.BACKEND = "torch"
     _C.MODEL.ONNX = CN()
     # The exported model.onnx, or the folder export_model.py wrote it to.
@@ -111,6 +112,15 @@ def add_pillars_config(cfg):
     _C.MODEL.ONNX.PROVIDERS = []
     # Intra-op threads of the onnxruntime session (0: onnxruntime's default, one per core).
     _C.MODEL.ONNX.INTRA_OP_THREADS = 0
+    # MODEL.BACKEND "openvino" (README, "Deploy"): the graph of MODEL.ONNX.PATH (float, or the
+    # int8 QDQ graph of export_model.py --quantize int8) compiled by OpenVINO; threads:
+    # MODEL.ONNX.INTRA_OP_THREADS. Registered by `import d2_pillars.deploy`.
+    _C.MODEL.OPENVINO = CN()
+    # OpenVINO device the graph is compiled for.
+    _C.MODEL.OPENVINO.DEVICE = "CPU"
+    # Precision of the operations left in float: "f32", or "bf16" (CPUs with AVX512-BF16 / AMX;
+    # measured in docs/performance.md). Set explicitly: OpenVINO's own default is bf16 on AMX CPUs.
+    _C.MODEL.OPENVINO.INFERENCE_PRECISION = "f32"
 
     # ---------------------------------------------------------------------------------------- #
     # BEV backbones and necks (MODEL.BACKBONE.NAME picks a builder, e.g. build_regnet_fpn_backbone)

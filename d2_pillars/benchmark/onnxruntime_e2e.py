@@ -1,12 +1,17 @@
-"""The onnxruntime column of ``tools/benchmark.py e2e --backend onnxruntime``.
+"""The exported-graph column of ``tools/benchmark.py e2e --backend onnxruntime|openvino
+[--quantize int8]``.
 
 The benchmark's eager model (same weights, same full-load class bias) is exported with
-:func:`d2_pillars.deploy.export_onnx` (checked on the benchmark frame itself) and run by
-:class:`d2_pillars.deploy.OnnxPillarsPredictor` with the same number of threads. The stages
+:func:`d2_pillars.deploy.export_onnx` (checked on the benchmark frame itself), or with
+``--quantize int8`` by :func:`d2_pillars.deploy.export_int8` (calibrated on training frames of the
+benchmark's dataset; its check against the float model on the benchmark frame is reported, not
+enforced: the weights are random), and run by :class:`d2_pillars.deploy.OnnxPillarsPredictor`
+with ``MODEL.BACKEND`` onnxruntime or openvino and the same number of threads. The stages
 outside the graph (loading, voxelization, batching, post-processing) are the same code as the
 eager path, timed again in this run; the graph is timed as one call (``session.run``), and split
 into pillar net, scatter, backbone, neck and head with onnxruntime's profiler: the kernel times of
-its nodes, attributed by the module each node was exported from (the exporter's name scopes).
+its nodes, attributed by the module each node was exported from (the exporter's name scopes;
+onnxruntime only: with openvino the graph is one figure).
 """
 
 import ast
@@ -20,7 +25,7 @@ import torch
 
 from .common import load_stage
 
-__all__ = ["benchmark_onnxruntime", "GRAPH_STAGES", "node_stages"]
+__all__ = ["benchmark_onnxruntime", "benchmark_graph", "GRAPH_STAGES", "node_stages"]
 
 #: Stages of the graph, as the eager table names them.
 GRAPH_STAGES = ("pillar_net", "scatter", "backbone", "neck", "head")
@@ -93,26 +98,80 @@ def _profile_graph(path, feeds, output_names, threads, runs, providers=("CPUExec
     return {k: v / runs for k, v in totals.items()}
 
 
+def benchmark_onnxruntime(cfg, torch_model, record, timer, **kwargs):
+    """:func:`benchmark_graph` with onnxruntime."""
+    return benchmark_graph(cfg, torch_model, record, timer, backend="onnxruntime", **kwargs)
+
+
+def _export(cfg, torch_model, sample, out, pillar_net, quantize, calibration_samples, backend):
+    from ..deploy import export_int8, export_onnx
+    from ..deploy.matching import MatchTolerance
+
+    if quantize != "int8":
+        report = export_onnx(cfg, out, model=torch_model, sample=sample, pillar_net=pillar_net)
+        return report.path, {
+            "export_s": report.export_seconds,
+            "export_max_rel_diff": report.worst_rel_diff,
+        }
+    report = export_int8(
+        cfg,
+        out,
+        model=torch_model,
+        backend=backend,
+        calibration_samples=calibration_samples,
+        check_samples=[sample],
+        # random weights at full load: every box scores ~0.5, reported, not enforced
+        tolerance=MatchTolerance(min_score=0.0),
+        sample=sample,
+        pillar_net=pillar_net,
+        progress=False,
+        raise_error=False,
+    )
+    return report.path, {
+        "export_s": report.float_export.get("export_seconds", 0.0),
+        "export_max_rel_diff": report.float_export.get("worst_rel_diff", 0.0),
+        "quantize_s": report.quantize_seconds,
+        "calibration_frames": report.calibration_frames,
+        "int8_check": report.check,
+    }
+
+
 @torch.no_grad()
-def benchmark_onnxruntime(
-    cfg, torch_model, record, timer, *, threads, pillar_net="bucketed", profile_runs=3
+def benchmark_graph(
+    cfg,
+    torch_model,
+    record,
+    timer,
+    *,
+    backend="onnxruntime",
+    threads,
+    pillar_net="bucketed",
+    quantize="none",
+    calibration_records=(),
+    precision="f32",
+    profile_runs=3,
 ):
-    """Export ``torch_model``, then time the onnxruntime predictor's stages and its end-to-end
-    latency on ``record``; returns the figures (seconds) with the export's check."""
+    """Export ``torch_model`` (``quantize`` "int8": calibrated on ``calibration_records``), then
+    time the ``backend`` predictor's stages and its end-to-end latency on ``record``; returns
+    the figures (seconds) with the export's check."""
     from ..data.mapper import PointCloudMapper
-    from ..deploy import OnnxPillarsPredictor, export_onnx, model_inputs
+    from ..deploy import OnnxPillarsPredictor, model_inputs
+    from ..deploy.export import points_only
 
     mapper = PointCloudMapper(cfg, is_train=False)
     sample = mapper(record)
-    figures = {}
+    calibration = [mapper(points_only(r)) for r in calibration_records]
+    figures = {"backend": backend, "quantize": quantize}
     with tempfile.TemporaryDirectory(prefix="d2_pillars_bench_onnx_") as out:
-        report = export_onnx(cfg, out, model=torch_model, sample=sample, pillar_net=pillar_net)
-        figures["export_s"] = report.export_seconds
-        figures["export_max_rel_diff"] = report.worst_rel_diff
+        path, export_figures = _export(
+            cfg, torch_model, sample, out, pillar_net, quantize, calibration, backend
+        )
+        figures.update(export_figures)
         onnx_cfg = cfg.clone()
         onnx_cfg.defrost()
-        onnx_cfg.MODEL.BACKEND = "onnxruntime"
-        onnx_cfg.MODEL.ONNX.PATH = report.path
+        onnx_cfg.MODEL.BACKEND = backend
+        onnx_cfg.MODEL.ONNX.PATH = path
+        onnx_cfg.MODEL.OPENVINO.INFERENCE_PRECISION = precision
         # CPU runs compare CPU with CPU; with --device cuda the default order (TensorRT, CUDA)
         cpu = torch.device(cfg.MODEL.DEVICE).type == "cpu"
         onnx_cfg.MODEL.ONNX.PROVIDERS = ["CPUExecutionProvider"] if cpu else []
@@ -168,12 +227,19 @@ def benchmark_onnxruntime(
         figures["e2e_outside_graph_cpu_s"] = statistics.median(r[1] - r[3] for r in runs)
 
         figures["pillar_net"] = model.pillar_net
-        kernel = _profile_graph(
-            report.path, feeds, model.output_names, threads, profile_runs, model.providers
-        )
-    figures["graph_kernel_s"] = {k: kernel.get(k, 0.0) for k in (*GRAPH_STAGES, "other")}
-    figures["detections"] = len(model.postprocess(outputs)[0])
-    import onnxruntime
+        if backend == "onnxruntime":
+            kernel = _profile_graph(
+                path, feeds, model.output_names, threads, profile_runs, model.providers
+            )
+            figures["graph_kernel_s"] = {k: kernel.get(k, 0.0) for k in (*GRAPH_STAGES, "other")}
+        figures["detections"] = len(model.postprocess(outputs)[0])
+    if backend == "openvino":
+        import openvino
 
-    figures["version"] = onnxruntime.__version__
+        figures["version"] = openvino.__version__
+        figures["precision"] = precision
+    else:
+        import onnxruntime
+
+        figures["version"] = onnxruntime.__version__
     return figures

@@ -1,7 +1,9 @@
-"""Deployment: ONNX export of the PointPillars network and onnxruntime inference.
+"""Deployment: ONNX export of the PointPillars network (float, or calibrated int8), onnxruntime
+and OpenVINO inference.
 
-Importing this package registers ``MODEL.BACKEND "onnxruntime"`` for ``build_pillars_model``.
-onnx, onnxscript and onnxruntime are imported on first use (``requirements-deploy.txt``).
+Importing this package registers ``MODEL.BACKEND "onnxruntime"`` and ``"openvino"`` for
+``build_pillars_model``. onnx, onnxscript, onnxruntime and openvino are imported on first use
+(``requirements-deploy.txt``).
 See the README's "Deploy" section.
 """
 
@@ -15,7 +17,10 @@ from .export import (
     model_inputs,
     synthetic_check_sample,
 )
+from .matching import DetectionMatchReport, MatchTolerance, match_detections
 from .network import NotExportableError, PillarsNetwork, exportable_copy
+from .openvino_runtime import OpenVinoPointPillars
+from .quantize import QuantizationCheckError, QuantizationReport, export_int8
 from .runtime import OnnxPillarsPredictor, OnnxPointPillars, build_predictor, select_providers
 
 __all__ = [
@@ -34,4 +39,11 @@ __all__ = [
     "OnnxPointPillars",
     "build_predictor",
     "select_providers",
+    "OpenVinoPointPillars",
+    "DetectionMatchReport",
+    "MatchTolerance",
+    "match_detections",
+    "QuantizationCheckError",
+    "QuantizationReport",
+    "export_int8",
 ]

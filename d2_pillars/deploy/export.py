@@ -41,6 +41,7 @@ __all__ = [
     "exported_config_values",
     "format_report",
     "check_onnx",
+    "write_metadata",
 ]
 
 logger = logging.getLogger(__name__)
@@ -293,7 +294,8 @@ def _torch_export(network, example, path, opset):
         ) from e
 
 
-def _write_metadata(path, metadata):
+def write_metadata(path, metadata):
+    """Store ``metadata`` (JSON) as the graph's :data:`METADATA_KEY` entry, in place."""
     onnx = require("onnx", "ONNX export")
     proto = onnx.load(path)
     del proto.metadata_props[:]
@@ -328,6 +330,7 @@ def export_onnx(
     rtol: float = 1e-4,
     opset: int = OPSET,
     pillar_net: str = "bucketed",
+    config_name: str = "config.yaml",
 ) -> ExportReport:
     """
     Export the network of ``cfg`` (weights ``MODEL.WEIGHTS``, or ``model``) to
@@ -344,6 +347,8 @@ def export_onnx(
         opset: ONNX opset.
         pillar_net: "bucketed" (default: pillars grouped by point count) or "dense" (one
             ``(V, M, C)`` input), see :mod:`d2_pillars.deploy.network`.
+        config_name: file name of the written config (:func:`export_int8` writes the float
+            graph's as ``config_float.yaml``).
 
     Returns:
         ExportReport
@@ -373,12 +378,12 @@ def export_onnx(
     start = time.perf_counter()
     _torch_export(network, (voxels, num_points, coords), path, opset)
     metadata = _metadata(cfg, model, network, (voxels, num_points, coords), opset)
-    _write_metadata(path, metadata)
+    write_metadata(path, metadata)
     seconds = time.perf_counter() - start
 
     report = check_onnx(path, model, (voxels, num_points, coords), rtol=rtol, raise_error=False)
     report.export_seconds = seconds
-    with open(os.path.join(output_dir, "config.yaml"), "w") as f:
+    with open(os.path.join(output_dir, config_name), "w") as f:
         exported = cfg.clone()
         exported.defrost()
         exported.MODEL.BACKEND = "onnxruntime"

@@ -37,6 +37,7 @@ __all__ = [
     "resolve_onnx_path",
     "select_providers",
     "PREFERRED_PROVIDERS",
+    "GRAPH_BACKENDS",
 ]
 
 logger = logging.getLogger(__name__)
@@ -142,6 +143,9 @@ class OnnxPointPillars(nn.Module):
             onnxruntime's default).
     """
 
+    #: the MODEL.BACKEND this class implements
+    backend_name = "onnxruntime"
+
     def __init__(
         self,
         cfg,
@@ -155,22 +159,34 @@ class OnnxPointPillars(nn.Module):
         self.path = resolve_onnx_path(path or cfg.MODEL.ONNX.PATH)
         if cfg.MODEL.WEIGHTS:
             logger.warning(
-                "MODEL.WEIGHTS %s is not read by MODEL.BACKEND onnxruntime: the weights are those "
+                "MODEL.WEIGHTS %s is not read by MODEL.BACKEND %s: the weights are those "
                 "exported into %s",
                 cfg.MODEL.WEIGHTS,
+                self.backend_name,
                 self.path,
             )
-        options = ort.SessionOptions()
         threads = cfg.MODEL.ONNX.INTRA_OP_THREADS if intra_op_threads is None else intra_op_threads
-        options.intra_op_num_threads = int(threads)
+        # the metadata first (a session without TensorRT reads it cheaply)
+        self.metadata = self._read_metadata(ort)
+        self._check_config(cfg)
+        self._open(cfg, int(threads), providers)
+        self.output_names = list(self.metadata["outputs"])
+        self.input_names = list(self.metadata["inputs"])
+        self.pillar_net = self.metadata.get("pillar_net", "dense")
+        self.postprocess = _PostProcessing(cfg, self.metadata)
+        self._device = torch.device(cfg.MODEL.DEVICE)
+        self.train(False)
+
+    def _open(self, cfg, threads: int, providers: Optional[Sequence[str]]):
+        """Create the onnxruntime session (sets :attr:`session`, :attr:`providers`)."""
+        ort = require("onnxruntime", "MODEL.BACKEND onnxruntime")
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads
         options.log_severity_level = 3
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         self.session_options = options
         requested = list(cfg.MODEL.ONNX.PROVIDERS) if providers is None else list(providers)
         self.providers = select_providers(requested, ort.get_available_providers())
-        # the metadata first (a session without TensorRT reads it cheaply)
-        self.metadata = self._read_metadata(ort)
-        self._check_config(cfg)
         cache = os.path.join(os.path.dirname(os.path.abspath(self.path)), "trt_cache")
         self.session = ort.InferenceSession(
             self.path,
@@ -178,12 +194,6 @@ class OnnxPointPillars(nn.Module):
             providers=self.providers,
             provider_options=_provider_options(self.providers, self.metadata, cfg, cache),
         )
-        self.output_names = list(self.metadata["outputs"])
-        self.input_names = list(self.metadata["inputs"])
-        self.pillar_net = self.metadata.get("pillar_net", "dense")
-        self.postprocess = _PostProcessing(cfg, self.metadata)
-        self._device = torch.device(cfg.MODEL.DEVICE)
-        self.train(False)
 
     def _read_metadata(self, ort) -> Dict:
         options = ort.SessionOptions()  # no graph optimisation: only the metadata is read
@@ -228,7 +238,8 @@ class OnnxPointPillars(nn.Module):
     def train(self, mode: bool = True):
         if mode:
             raise RuntimeError(
-                "MODEL.BACKEND onnxruntime is inference only: train with MODEL.BACKEND torch"
+                f"MODEL.BACKEND {self.backend_name} is inference only: train with MODEL.BACKEND "
+                "torch"
             )
         return super().train(False)
 
@@ -284,24 +295,30 @@ _build_onnxruntime_model.__name__ = "onnxruntime"  # the registry key: MODEL.BAC
 if "onnxruntime" not in INFERENCE_BACKEND_REGISTRY:
     INFERENCE_BACKEND_REGISTRY.register(_build_onnxruntime_model)
 
+#: MODEL.BACKEND -> the class that runs the exported graph (d2_pillars.deploy.openvino_runtime
+#: adds "openvino")
+GRAPH_BACKENDS = {"onnxruntime": OnnxPointPillars}
+
 
 class OnnxPillarsPredictor(PillarsPredictor):
-    """:class:`PillarsPredictor` with the network in onnxruntime: the same test-time mapper
+    """:class:`PillarsPredictor` with the network in the exported graph (``MODEL.BACKEND``
+    onnxruntime, or openvino: :data:`GRAPH_BACKENDS`): the same test-time mapper
     (``__call__(dataset_dict)``, ``predict_points(points)``), the same decode + NMS, the same
-    ``{"instances": Instances}`` on the CPU. Keyword arguments go to :class:`OnnxPointPillars`."""
+    ``{"instances": Instances}`` on the CPU. Keyword arguments go to the back-end's class
+    (:class:`OnnxPointPillars`)."""
 
     def __init__(self, cfg, **session_kwargs):
         self.cfg = cfg.clone()
-        self.model = OnnxPointPillars(self.cfg, **session_kwargs)
+        backend = cfg.MODEL.BACKEND if cfg.MODEL.BACKEND in GRAPH_BACKENDS else "onnxruntime"
+        self.model = GRAPH_BACKENDS[backend](self.cfg, **session_kwargs)
         self.mapper = PointCloudMapper(self.cfg, is_train=False)
 
 
 def build_predictor(cfg):
     """:class:`PillarsPredictor` or :class:`OnnxPillarsPredictor`, by ``MODEL.BACKEND``."""
-    if cfg.MODEL.BACKEND == "onnxruntime":
+    if cfg.MODEL.BACKEND in GRAPH_BACKENDS:
         return OnnxPillarsPredictor(cfg)
     if cfg.MODEL.BACKEND != "torch":
-        raise ValueError(
-            f"MODEL.BACKEND must be 'torch' or 'onnxruntime', got {cfg.MODEL.BACKEND!r}"
-        )
+        known = ", ".join(repr(k) for k in ("torch", *GRAPH_BACKENDS))
+        raise ValueError(f"MODEL.BACKEND must be one of {known}, got {cfg.MODEL.BACKEND!r}")
     return PillarsPredictor(cfg)

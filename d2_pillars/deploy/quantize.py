@@ -1,0 +1,412 @@
+"""Static int8 quantization of the exported graph, calibrated on real frames, checked on others.
+
+:func:`export_int8` (``tools/deploy/export_model.py --quantize int8``):
+
+1. exports and checks the float graph (:func:`~d2_pillars.deploy.export_onnx`:
+   ``model.onnx``, ``config_float.yaml``);
+2. calibrates and quantizes it with onnxruntime's static quantizer into ``model_int8.onnx``
+   (:func:`quantize_graph`): QDQ format, int8 weights per output channel (symmetric), uint8
+   activations with min-max ranges over the calibration frames (``--calibration-frames`` of the
+   config's training set, the test-time mapper: no augmentation), only the convolutions
+   (``Conv``, ``ConvTranspose``: backbone, neck) quantized, and the modules of ``float_modules``
+   (default the head: its 1x1 classification, box and direction convolutions, 6% of the
+   network's time) kept in float. The pillar net (a linear layer, batch norm and a max per
+   pillar) has no convolution and stays in float;
+3. writes ``config.yaml`` for the int8 graph (``MODEL.BACKEND`` openvino or onnxruntime,
+   ``MODEL.ONNX.PATH`` the int8 graph), which ``--eval-only``, the predictor and the visualizer
+   run as they run the float graph;
+4. runs the int8 graph in that back-end and the eager float model on held-out frames (the
+   config's test set), matches their boxes one to one (:func:`match_detections`) and refuses the
+   graph (:class:`QuantizationCheckError`) when fewer than ``min_matched`` of the float model's
+   boxes scoring ``>= min_score`` have an int8 box of their class within ``max_center_distance``,
+   or a matched pair's scores differ by more than ``max_score_diff`` (:class:`MatchTolerance`).
+"""
+
+import json
+import logging
+import numpy as np
+import os
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Iterable, List, Optional
+import torch
+
+from ..utils.file_io import atomic_open
+from ._deps import require
+from .export import (
+    METADATA_KEY,
+    OPSET,
+    ExportCheckError,
+    _build_eager_model,
+    export_onnx,
+    model_inputs,
+    points_only,
+    write_metadata,
+)
+from .matching import DetectionMatchReport, MatchTolerance, match_detections
+from .network import graph_inputs, input_names
+
+__all__ = [
+    "QUANTIZE_MODES",
+    "INT8_BACKENDS",
+    "QuantizationCheckError",
+    "QuantizationReport",
+    "PillarsCalibrationReader",
+    "dataset_samples",
+    "MappedFrames",
+    "quantize_graph",
+    "check_quantized",
+    "export_int8",
+]
+
+logger = logging.getLogger(__name__)
+
+#: Values of ``export_model.py --quantize``.
+QUANTIZE_MODES = ("none", "int8")
+#: Back-ends the int8 config may name; openvino is the default (measured faster on the int8
+#: graph, docs/performance.md).
+INT8_BACKENDS = ("openvino", "onnxruntime")
+#: File names in the export folder.
+INT8_GRAPH, FLOAT_CONFIG = "model_int8.onnx", "config_float.yaml"
+
+
+class QuantizationCheckError(ExportCheckError):
+    """The int8 graph's detections differ from the float model's beyond the tolerance."""
+
+
+@dataclass
+class QuantizationReport:
+    """What :func:`export_int8` wrote and measured."""
+
+    path: str
+    float_path: str
+    backend: str
+    calibration_dataset: str
+    calibration_frames: int
+    check_dataset: str
+    #: graph nodes left in float (of the quantizable types) and the number quantized
+    float_nodes: List[str] = field(default_factory=list)
+    quantized_nodes: int = 0
+    quantize_seconds: float = 0.0
+    tolerance: dict = field(default_factory=dict)
+    #: :meth:`DetectionMatchReport.as_dict` of the held-out frames
+    check: dict = field(default_factory=dict)
+    failures: List[str] = field(default_factory=list)
+    float_export: dict = field(default_factory=dict)
+
+    def summary(self) -> str:
+        c = self.check
+        return (
+            f"int8 ({self.backend}) vs float on {c.get('frames', 0)} frames of "
+            f"{self.check_dataset}: {c.get('matched', 0)}/{c.get('reference_boxes', 0)} boxes "
+            f"matched ({c.get('matched_share', 1.0):.1%}), worst centre "
+            f"{c.get('worst_center_m', 0):.3f} m, size {c.get('worst_size_rel', 0):.1%}, yaw "
+            f"{c.get('worst_yaw_rad', 0):.3f} rad, score {c.get('worst_score', 0):.3f} (mean "
+            f"{c.get('mean_score', 0):.3f})"
+        )
+
+
+def _evenly_spaced(total: int, n: int) -> List[int]:
+    if n <= 0 or total <= 0:
+        return []
+    if n >= total:
+        return list(range(total))
+    return [int(i) for i in np.linspace(0, total - 1, n).round()]
+
+
+def dataset_samples(cfg, dataset_name: str, num_frames: int, *, skip: Sequence[str] = ()):
+    """``num_frames`` frames of the registered dataset ``dataset_name``, evenly spaced over it,
+    run through the test-time :class:`PointCloudMapper` (no augmentation; annotations dropped)
+    when read (:class:`MappedFrames`). Frames whose ``sample_token`` is in
+    ``skip`` are left out."""
+    from detectron2.data import DatasetCatalog
+
+    from ..data.mapper import PointCloudMapper
+
+    if dataset_name not in DatasetCatalog.list():
+        raise KeyError(
+            f"dataset {dataset_name!r} is not registered: pass a registered name (the config's "
+            "DATASETS.TRAIN / DATASETS.TEST, after tools/create_data.py) with "
+            "--calibration-dataset / --check-dataset"
+        )
+    records = [r for r in DatasetCatalog.get(dataset_name) if r.get("sample_token") not in skip]
+    if not records:
+        raise ValueError(f"dataset {dataset_name!r} has no frame to calibrate or check on")
+    picked = [records[i] for i in _evenly_spaced(len(records), num_frames)]
+    return MappedFrames(picked, PointCloudMapper(cfg, is_train=False))
+
+
+class MappedFrames(Sequence):
+    """Dataset records, each run through ``mapper`` (without its annotations) when it is read."""
+
+    def __init__(self, records: Sequence[dict], mapper):
+        self.records, self.mapper = list(records), mapper
+
+    def __len__(self):
+        return len(self.records)
+
+    def __getitem__(self, index):
+        if isinstance(index, slice):
+            return MappedFrames(self.records[index], self.mapper)
+        return self.mapper(points_only(self.records[index]))
+
+
+def _feeds(sample, variant, max_points):
+    inputs = graph_inputs(*model_inputs(sample), variant)
+    return {n: t.contiguous().numpy() for n, t in zip(input_names(variant, max_points), inputs)}
+
+
+class PillarsCalibrationReader:
+    """onnxruntime's calibration data reader (a ``CalibrationDataReader``: it has ``get_next``)
+    over mapper outputs: each ``get_next`` returns the graph inputs of the next sample
+    (:func:`graph_inputs` of the graph's pillar-net layout ``variant``), with a tqdm bar."""
+
+    def __init__(self, samples: Iterable[dict], variant: str, max_points: int, progress=True):
+        from tqdm import tqdm
+
+        total = len(samples) if hasattr(samples, "__len__") else None
+        bar = tqdm(
+            samples, total=total, desc="int8 calibration", unit="frame", disable=not progress
+        )
+        self._iter = (_feeds(s, variant, max_points) for s in bar)
+        self.frames = 0
+
+    def get_next(self):
+        feeds = next(self._iter, None)
+        self.frames += feeds is not None
+        return feeds
+
+
+def _nodes_in_modules(proto, modules: Sequence[str]) -> List[str]:
+    """Names of the graph's nodes exported from the top-level modules ``modules`` of
+    :class:`PillarsNetwork` (``pillar_net``, ``scatter``, ``backbone``, ``head``), read from the
+    name scopes torch.onnx stores in each node's metadata."""
+    import ast
+
+    out = []
+    for node in proto.graph.node:
+        meta = {p.key: p.value for p in node.metadata_props}
+        try:
+            scopes = ast.literal_eval(meta.get("pkg.torch.onnx.name_scopes", "[]"))
+        except (ValueError, SyntaxError):
+            scopes = []
+        if len(scopes) > 1 and scopes[1] in modules:
+            out.append(node.name)
+    return out
+
+
+#: op types quantized (the dense part's convolutions)
+QUANTIZED_OPS = ("Conv", "ConvTranspose")
+
+
+def quantize_graph(
+    float_path: str,
+    output_path: str,
+    samples: Iterable[dict],
+    *,
+    float_modules: Sequence[str] = ("head",),
+    progress: bool = True,
+):
+    """
+    Static int8 quantization of the exported float graph (onnxruntime's ``quantize_static``).
+
+    Args:
+        float_path: ``model.onnx`` of :func:`export_onnx`.
+        output_path: the int8 QDQ graph written.
+        samples: calibration frames (test-time mapper outputs).
+        float_modules: top-level modules of the network (``backbone``, ``head``) whose
+            convolutions stay in float.
+
+    Returns:
+        tuple: (the names of the convolutions left in float, the number quantized, the number of
+        calibration frames read).
+    """
+    onnx = require("onnx", "int8 quantization")
+    q = require("onnxruntime.quantization", "int8 quantization")
+    proto = onnx.load(float_path)
+    metadata = json.loads({p.key: p.value for p in proto.metadata_props}[METADATA_KEY])
+    convs = [n.name for n in proto.graph.node if n.op_type in QUANTIZED_OPS]
+    excluded = sorted(set(_nodes_in_modules(proto, float_modules)) & set(convs))
+    reader = PillarsCalibrationReader(
+        samples, metadata["pillar_net"], metadata["max_points_per_voxel"], progress=progress
+    )
+    q.quantize_static(
+        float_path,
+        output_path,
+        reader,
+        quant_format=q.QuantFormat.QDQ,
+        per_channel=True,
+        activation_type=q.QuantType.QUInt8,
+        weight_type=q.QuantType.QInt8,
+        op_types_to_quantize=list(QUANTIZED_OPS),
+        nodes_to_exclude=excluded,
+        # min-max: the calibration graph reduces each tensor to its min and max in the graph
+        # (a few scalars per frame are kept, not the activations)
+        calibrate_method=q.CalibrationMethod.MinMax,
+    )
+    if reader.frames == 0:
+        raise ValueError("int8 calibration: no calibration frame was given")
+    return excluded, len(convs) - len(excluded), reader.frames
+
+
+@torch.no_grad()
+def check_quantized(float_model, int8_model, samples: Iterable[dict], tolerance: MatchTolerance):
+    """Run both models on each sample and match their detections (:func:`match_detections`);
+    returns the :class:`DetectionMatchReport`."""
+    report = DetectionMatchReport()
+    for sample in samples:
+        (ref,) = float_model([sample])
+        (cand,) = int8_model([sample])
+        match_detections(
+            ref["instances"].to("cpu"),
+            cand["instances"].to("cpu"),
+            min_score=tolerance.min_score,
+            max_center_distance=tolerance.max_center_distance,
+            report=report,
+        )
+    return report
+
+
+def export_int8(
+    cfg,
+    output_dir: str,
+    *,
+    model=None,
+    backend: str = "openvino",
+    calibration_dataset: Optional[str] = None,
+    calibration_frames: int = 32,
+    calibration_samples: Optional[Iterable[dict]] = None,
+    check_dataset: Optional[str] = None,
+    check_frames: int = 8,
+    check_samples: Optional[Iterable[dict]] = None,
+    tolerance: Optional[MatchTolerance] = None,
+    float_modules: Sequence[str] = ("head",),
+    float_graph: Optional[str] = None,
+    sample: Optional[dict] = None,
+    pillar_net: str = "bucketed",
+    rtol: float = 1e-4,
+    opset: int = OPSET,
+    progress: bool = True,
+    raise_error: bool = True,
+) -> QuantizationReport:
+    """
+    Export ``cfg``'s network (weights ``MODEL.WEIGHTS``, or ``model``) as a calibrated int8 graph
+    to ``output_dir`` and check it against the float model (see the module doc).
+
+    Args:
+        backend: ``MODEL.BACKEND`` of the written ``config.yaml`` and of the check
+            (:data:`INT8_BACKENDS`).
+        calibration_dataset: registered dataset to calibrate on (default ``DATASETS.TRAIN[0]``).
+        calibration_frames: frames of it, evenly spaced.
+        calibration_samples: mapper outputs to calibrate on instead of the dataset's.
+        check_dataset: held-out dataset of the check (default ``DATASETS.TEST[0]``).
+        check_frames: frames of it, evenly spaced.
+        check_samples: mapper outputs to check on instead of the dataset's.
+        tolerance: the check's :class:`MatchTolerance` (default its defaults).
+        float_modules: top-level modules whose convolutions stay in float.
+        float_graph: the float ``model.onnx`` already exported from this same model (by
+            :func:`export_onnx`) to quantize, instead of exporting it again.
+        sample, pillar_net, rtol, opset: for the float export (:func:`export_onnx`).
+        raise_error: raise :class:`QuantizationCheckError` past the tolerance (the report and
+            the graph are written first).
+
+    Returns:
+        QuantizationReport (also written to ``output_dir/export.json``).
+    """
+    if backend not in INT8_BACKENDS:
+        raise ValueError(f"backend must be one of {INT8_BACKENDS}, got {backend!r}")
+    from .runtime import GRAPH_BACKENDS
+
+    if backend == "openvino":
+        from . import openvino_runtime  # noqa: F401  (registers the back-end)
+
+    tolerance = tolerance or MatchTolerance()
+    if model is None:
+        model = _build_eager_model(cfg)
+    if float_graph is None:
+        float_report = export_onnx(
+            cfg, output_dir, model=model, sample=sample, pillar_net=pillar_net, rtol=rtol,
+            opset=opset, config_name=FLOAT_CONFIG,
+        )  # fmt: skip
+        float_graph, float_export = float_report.path, dict(
+            asdict(float_report), worst_rel_diff=float_report.worst_rel_diff
+        )
+    else:
+        os.makedirs(output_dir, exist_ok=True)
+        float_export = {"path": float_graph, "reused": True}
+    calibration_dataset = calibration_dataset or (
+        cfg.DATASETS.TRAIN[0] if calibration_samples is None else "(given samples)"
+    )
+    check_dataset = check_dataset or (
+        cfg.DATASETS.TEST[0] if check_samples is None else "(given samples)"
+    )
+    if calibration_samples is None:
+        calibration_samples = dataset_samples(cfg, calibration_dataset, calibration_frames)
+    if check_samples is None:
+        check_samples = dataset_samples(cfg, check_dataset, check_frames)
+
+    path = os.path.join(output_dir, INT8_GRAPH)
+    start = time.perf_counter()
+    float_nodes, quantized, frames = quantize_graph(
+        float_graph, path, calibration_samples, float_modules=float_modules,
+        progress=progress,
+    )  # fmt: skip
+    seconds = time.perf_counter() - start
+    onnx = require("onnx", "int8 quantization")
+    metadata = json.loads(
+        {p.key: p.value for p in onnx.load(path, load_external_data=False).metadata_props}[
+            METADATA_KEY
+        ]
+    )
+    metadata["quantization"] = {
+        "precision": "int8",
+        "format": "QDQ",
+        "weights": "int8 per output channel, symmetric",
+        "activations": "uint8 per tensor, min-max",
+        "calibration_dataset": calibration_dataset,
+        "calibration_frames": frames,
+        "float_modules": list(float_modules),
+    }
+    write_metadata(path, metadata)
+
+    int8_cfg = cfg.clone()
+    int8_cfg.defrost()
+    int8_cfg.MODEL.BACKEND = backend
+    int8_cfg.MODEL.ONNX.PATH = os.path.abspath(path)
+    with atomic_open(os.path.join(output_dir, "config.yaml"), "w") as f:
+        f.write(int8_cfg.dump())
+
+    run_cfg = int8_cfg.clone()
+    run_cfg.MODEL.WEIGHTS = ""  # the graph carries its weights (no warning)
+    run_cfg.MODEL.DEVICE = "cpu"
+    if backend == "onnxruntime":
+        run_cfg.MODEL.ONNX.PROVIDERS = ["CPUExecutionProvider"]
+    int8_model = GRAPH_BACKENDS[backend](run_cfg)
+    match = check_quantized(model, int8_model, check_samples, tolerance)
+    report = QuantizationReport(
+        path=path,
+        float_path=float_graph,
+        backend=backend,
+        calibration_dataset=calibration_dataset,
+        calibration_frames=frames,
+        check_dataset=check_dataset,
+        float_nodes=float_nodes,
+        quantized_nodes=quantized,
+        quantize_seconds=seconds,
+        tolerance=asdict(tolerance),
+        check=match.as_dict(),
+        failures=match.failures(tolerance),
+        float_export=float_export,
+    )
+    with atomic_open(os.path.join(output_dir, "export.json"), "w") as f:
+        json.dump(asdict(report), f, indent=1)
+    logger.info("%s", report.summary())
+    if raise_error and report.failures:
+        raise QuantizationCheckError(
+            f"the int8 graph {path} is refused: " + "; ".join(report.failures)
+            + f" (tolerance {asdict(tolerance)}; {report.summary()}). Calibrate on more or more "
+            "representative frames (--calibration-frames, --calibration-dataset), or keep more "
+            "modules in float"
+        )  # fmt: skip
+    return report
