@@ -128,6 +128,28 @@ def test_e2e_onnxruntime_side_by_side(root, capsys):
     assert json.loads(out.strip().splitlines()[-1])["onnxruntime"]["pillar_net"] == "dense"
 
 
+def test_e2e_openvino_int8_side_by_side(root, capsys):
+    """--backend openvino --quantize int8: the int8 graph calibrated on training frames, timed
+    beside eager torch; its check against the float model is reported; the ratio and the
+    absolute targets are in the table and the JSON as for onnxruntime."""
+    pytest.importorskip("openvino")
+    threads = torch.get_num_threads()
+    argv = ["--backend", "openvino", "--quantize", "int8", "--calibration-frames", "2"]
+    figures = e2e.main(_args(root, *argv, "--onnx-pillar-net", "dense", "--skip-train"))
+    torch.set_num_threads(threads)
+    out = capsys.readouterr().out
+    ov = figures["openvino"]
+    assert ov["quantize"] == "int8" and ov["calibration_frames"] == 2
+    assert ov["providers"][0].startswith("OpenVINO") and "graph_kernel_s" not in ov
+    assert ov["int8_check"]["frames"] == 1 and ov["int8_check"]["reference_boxes"] > 0
+    assert 0 < ov["e2e_in_run_graph_s"] < ov["e2e_latency_s"]
+    ratio = ov["e2e_latency_s"] / figures["e2e_latency_s"]
+    assert figures["openvino_over_torch_e2e"] == pytest.approx(ratio)
+    assert "openvino int8 end to end / torch end to end (wall)" in figures["targets"]
+    assert "openvino int8 end to end (s)" in figures["targets"]
+    assert "openvino int8 wall ms" in out and "int8 graph: calibrated on 2" in out
+
+
 def test_config_default_weights_are_not_fetched_unless_given():
     """The RegNet seed configs default to an ImageNet URL; the benchmark times random weights
     offline unless MODEL.WEIGHTS is given on its command line."""
