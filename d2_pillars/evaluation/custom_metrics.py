@@ -31,11 +31,13 @@ for the BEV IoU and the 3D IoU alike:
    distance falls in only.
 """
 
+import logging
 import math
 import numpy as np
 from typing import Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 import torch
 
+from d2_pillars.class_names import VEHICLE_CLASSES, default_iou_thresholds
 from d2_pillars.layers import pairwise_iou_rotated_3d, pairwise_iou_rotated_bev
 
 __all__ = [
@@ -49,6 +51,8 @@ __all__ = [
     "evaluate_detections",
 ]
 
+logger = logging.getLogger(__name__)
+
 #: Recall positions of the AP (KITTI's R40).
 RECALL_POSITIONS = 40
 #: ``(name, lo, hi)``: BEV range from the sensor in meters, ``lo <= d < hi``.
@@ -57,22 +61,7 @@ DISTANCE_BINS: Tuple[Tuple[str, float, float], ...] = (
     ("30-50", 30.0, 50.0),
     ("50+", 50.0, math.inf),
 )
-#: Classes (compared case-insensitively) whose default IoU thresholds are KITTI's car ones.
-VEHICLE_CLASSES = ("car", "vehicle", "truck", "bus")
-_VEHICLE_THRESHOLDS = (0.7, 0.5)
-_OTHER_THRESHOLDS = (0.5, 0.25)
 _HOW_TO_SET = "set them in the dataset's dataset.yaml as `class_iou_thresholds: {Car: [0.7, 0.5]}`"
-
-
-def default_iou_thresholds(class_name: str) -> Tuple[float, float]:
-    """``(strict, loose)`` IoU thresholds of a class with none configured.
-
-    Car, Vehicle, Truck and Bus (any case): ``(0.7, 0.5)``, KITTI's car thresholds;
-    Pedestrian, Cyclist and every other class: ``(0.5, 0.25)``.
-    """
-    if str(class_name).strip().lower() in VEHICLE_CLASSES:
-        return _VEHICLE_THRESHOLDS
-    return _OTHER_THRESHOLDS
 
 
 def class_iou_thresholds(
@@ -90,15 +79,16 @@ def class_iou_thresholds(
         source: where ``configured`` came from, for the error messages.
 
     Raises:
-        ValueError: a threshold that is not a number in (0, 1], a loose threshold above the
-            strict one, or a class that is not one of ``class_names``.
+        ValueError: a threshold that is not a number in (0, 1]. (Thresholds of a class that is
+            not one of ``class_names``, and a loose threshold above the strict one, are only
+            warnings: the evaluator is built after training.)
     """
     configured = dict(configured or {})
     unknown = sorted(map(str, set(configured) - set(class_names)))
     if unknown:
-        raise ValueError(
-            f"{source}: classes {unknown} are not classes of the dataset {list(class_names)}; "
-            f"{_HOW_TO_SET}"
+        logger.warning(
+            f"{source}: thresholds of {unknown} are ignored: they are not classes of the "
+            f"dataset {list(class_names)}"
         )
     out = {}
     for name in class_names:
@@ -110,10 +100,15 @@ def class_iou_thresholds(
             pair = tuple(float(v) for v in value)
         except (TypeError, ValueError):
             pair = ()
-        if len(pair) != 2 or not all(0.0 < v <= 1.0 for v in pair) or pair[1] > pair[0]:
+        if len(pair) != 2 or not all(0.0 < v <= 1.0 for v in pair):
             raise ValueError(
-                f"{source}: '{name}' has {value!r}; it needs [strict, loose], two IoUs in (0, 1] "
-                f"with loose <= strict; {_HOW_TO_SET}"
+                f"{source}: '{name}' has {value!r}; it needs [strict, loose], two IoUs in (0, 1]; "
+                f"{_HOW_TO_SET}"
+            )
+        if pair[1] > pair[0]:
+            logger.warning(
+                f"{source}: '{name}' has [strict, loose] = {list(pair)}: the loose threshold is "
+                "the higher one; the *_loose APs are scored at it as given"
             )
         out[name] = pair
     return out

@@ -270,9 +270,9 @@ def test_dataset_checks():
     if name not in DatasetCatalog.list():
         DatasetCatalog.register(name, tiny_records)
         MetadataCatalog.get(name).set(
-            evaluator_type="custom", thing_classes=CLASSES, class_iou_thresholds={"Car": [0.5, 0.7]}
+            evaluator_type="custom", thing_classes=CLASSES, class_iou_thresholds={"Car": [0.5, 1.5]}
         )
-    with pytest.raises(ValueError, match=f"Dataset '{name}'.*loose <= strict"):
+    with pytest.raises(ValueError, match=f"Dataset '{name}'.*two IoUs in \\(0, 1\\]"):
         CustomEvaluator(name)
 
 

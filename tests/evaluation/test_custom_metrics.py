@@ -4,6 +4,7 @@ R40 on paper: precision at recall r is the best precision at any recall >= r; AP
 r = 1/40 .. 40/40.
 """
 
+import logging
 import math
 import numpy as np
 import pytest
@@ -107,14 +108,19 @@ def test_default_thresholds():
         assert default_iou_thresholds(name) == (0.5, 0.25)
 
 
-def test_configured_thresholds_are_checked():
+def test_configured_thresholds_are_checked(caplog):
     got = class_iou_thresholds(CLASSES, {"Car": [0.6, 0.4]})
     assert got == {"Car": (0.6, 0.4), "Pedestrian": (0.5, 0.25), "Cyclist": (0.5, 0.25)}
-    for bad in ([0.5], [0.4, 0.6], [0.0, 0.0], [1.5, 0.5], ["a", 0.5], 0.7):
+    for bad in ([0.5], [0.5, 0.3, 0.1], [0.0, 0.0], [1.5, 0.5], ["a", 0.5], 0.7):
         with pytest.raises(ValueError, match="class_iou_thresholds: {Car: \\[0.7, 0.5\\]}"):
             class_iou_thresholds(CLASSES, {"Car": bad})
-    with pytest.raises(ValueError, match="'Tram'"):
-        class_iou_thresholds(CLASSES, {"Tram": [0.5, 0.3]})
+    # Not worth failing an evaluation after training for: warnings.
+    with caplog.at_level(logging.WARNING, logger="d2_pillars.evaluation.custom_metrics"):
+        assert class_iou_thresholds(CLASSES, {"Tram": [0.5, 0.3]})["Car"] == (0.7, 0.5)
+        assert class_iou_thresholds(CLASSES, {"Car": [0.4, 0.6]})["Car"] == (0.4, 0.6)
+    assert "['Tram'] are ignored" in caplog.text and "the loose threshold is the higher" in (
+        caplog.text
+    )
 
 
 # ------------------------------------------------------------------------------ evaluation
