@@ -293,7 +293,7 @@ class CustomEvaluator(DatasetEvaluator):
             logger.info(f"Metrics of {len(ground_truth)} labelled frames written to {path}")
         summary = {k: results[k] for k in ("mAP_3D", "mAP_BEV", "mAP_3D_loose", "mAP_BEV_loose")}
         _log_tables(self._dataset_name, metrics, summary)
-        self._save_examples(vis_predictions)
+        self._save_examples({t: v for t, v in vis_predictions.items() if t in ground_truth})
         return OrderedDict(custom=results)
 
     def _check_frames(self, predictions, ground_truth, unlabelled) -> None:
@@ -317,7 +317,8 @@ class CustomEvaluator(DatasetEvaluator):
         )
 
     def _save_examples(self, vis_predictions: Dict[str, dict]) -> None:
-        """BEV images of the worst and best frames (best effort: a failure is a warning)."""
+        """BEV images of the worst and best labelled frames, ranked as the other evaluators do
+        (best effort: a failure is a warning)."""
         if self._vis_num_samples <= 0 or self._output_dir is None or not vis_predictions:
             return
         out_dir = os.path.join(self._output_dir, VIS_SUBDIR)
