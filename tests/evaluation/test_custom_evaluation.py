@@ -77,24 +77,26 @@ class EchoModel(torch.nn.Module):
     """A small real model for the evaluation loop: it "detects" each input's labelled boxes
     (those of a class), moved by its learnable ``offset`` (x, y, z in m), scored 0.9, 0.8, ...;
     in unlabelled frames (and in labelled ones with ``ghosts_everywhere``) it also reports a
-    confident car 30 m from anything (a false positive wherever it is scored)."""
+    confident car 30 m from anything (a false positive wherever it is scored). With
+    ``drop_all`` it finds nothing: (0, 7) boxes."""
 
-    def __init__(self, offset=(0.0, 0.0, 0.0), ghosts_everywhere=False):
+    def __init__(self, offset=(0.0, 0.0, 0.0), ghosts_everywhere=False, drop_all=False):
         super().__init__()
         self.offset = torch.nn.Parameter(torch.tensor(offset, dtype=torch.float32))
         self.ghosts_everywhere = ghosts_everywhere
+        self.drop_all = drop_all
 
     def forward(self, batched_inputs):
         outputs = []
         for inp in batched_inputs:
             boxes = torch.as_tensor(inp["gt_boxes"], dtype=torch.float32).reshape(-1, 7)
             labels = torch.as_tensor(inp["gt_labels"], dtype=torch.int64)
-            keep = labels >= 0
+            keep = (labels >= 0) & (not self.drop_all)
             boxes, labels = boxes[keep], labels[keep]
             shift = torch.cat([self.offset, self.offset.new_zeros(4)])
             boxes = boxes + shift
             scores = 0.9 - 0.1 * torch.arange(len(boxes), dtype=torch.float32)
-            if self.ghosts_everywhere or not inp["has_labels"]:
+            if (self.ghosts_everywhere or not inp["has_labels"]) and not self.drop_all:
                 boxes = torch.cat([boxes, torch.tensor([_box(-30, -30, 4, 2, 1.5)])])
                 scores = torch.cat([scores, torch.tensor([0.95])])
                 labels = torch.cat([labels, torch.tensor([0])])
@@ -191,6 +193,13 @@ def test_unlabelled_frames_are_not_scored():
     # The same ghost in every labelled frame is a false positive ranked first in each frame.
     res = run(EchoModel(ghosts_everywhere=True))["custom"]
     assert res["Car/AP_3D"] < 1.0
+
+
+def test_frames_without_predictions():
+    # A model that finds nothing: (0, 7) boxes in every frame -> AP 0 where there is ground truth.
+    res = run(EchoModel(offset=(0.0, 0.0, 0.0), drop_all=True))["custom"]
+    assert res["Car/AP_3D"] == 0.0 and res["mAP_BEV"] == 0.0
+    assert math.isnan(res["Truck/AP_BEV"])
 
 
 def test_atomic_json_write(tmp_path, monkeypatch):
