@@ -3,8 +3,8 @@ IoU per class at a strict and a loose IoU threshold, over 40 recall positions, o
 distance from the sensor, in the LiDAR frame (the protocol is :mod:`.custom_metrics`).
 
 The ground truth is that of the registered split's records (``DatasetCatalog``): every box of
-a labelled frame whose label is a class (``gt_labels >= 0``); unlabelled frames
-(``has_labels`` False) are not scored. Metrics go to ``<output_dir>/custom_metrics.json``
+a labelled frame whose label is a class (``gt_labels >= 0``), not filtered by the model's
+point-cloud range; unlabelled frames (``has_labels`` False) are not scored. Metrics go to ``<output_dir>/custom_metrics.json``
 (written atomically) and to the log as detectron2 tables.
 """
 
