@@ -195,8 +195,8 @@ class CustomEvaluator(DatasetEvaluator):
         if found != self.evaluator_type:
             raise ValueError(
                 f"Dataset '{dataset_name}' has evaluator_type {found!r}; CustomEvaluator scores "
-                "own-data splits (evaluator_type 'custom', registered by `python "
-                "tools/create_data.py custom --root ROOT` configs)."
+                "own-data splits (evaluator_type 'custom': the splits that `python "
+                "tools/create_data.py custom --root ROOT` writes and registers)."
             )
         class_names = meta.get("thing_classes", None)
         if not class_names:
