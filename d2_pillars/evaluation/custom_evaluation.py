@@ -4,8 +4,8 @@ distance from the sensor, in the LiDAR frame (the protocol is :mod:`.custom_metr
 
 The ground truth is that of the registered split's records (``DatasetCatalog``): every box of
 a labelled frame whose label is a class (``gt_labels >= 0``), not filtered by the model's
-point-cloud range; unlabelled frames (``has_labels`` False) are not scored. Metrics go to ``<output_dir>/custom_metrics.json``
-(written atomically) and to the log as detectron2 tables.
+point-cloud range; unlabelled frames (``has_labels`` False) are not scored. Metrics go to
+``<output_dir>/custom_metrics.json`` (written atomically) and to the log as detectron2 tables.
 """
 
 import logging
