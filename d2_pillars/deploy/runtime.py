@@ -23,6 +23,7 @@ from torch import nn
 from detectron2.layers import ShapeSpec
 
 from ..data.mapper import PointCloudMapper
+from ..engine.device import inference_device_config
 from ..engine.predictor import PillarsPredictor
 from ..engine.trainer import INFERENCE_BACKEND_REGISTRY
 from ..modeling.anchor_head import build_anchor3d_head
@@ -174,7 +175,7 @@ class OnnxPointPillars(nn.Module):
         self.input_names = list(self.metadata["inputs"])
         self.pillar_net = self.metadata.get("pillar_net", "dense")
         self.postprocess = _PostProcessing(cfg, self.metadata)
-        self._device = torch.device(cfg.MODEL.DEVICE)
+        self._device = torch.device(inference_device_config(cfg).MODEL.DEVICE)
         self.train(False)
 
     def _open(self, cfg, threads: int, providers: Optional[Sequence[str]]):
@@ -308,7 +309,7 @@ class OnnxPillarsPredictor(PillarsPredictor):
     (:class:`OnnxPointPillars`)."""
 
     def __init__(self, cfg, **session_kwargs):
-        self.cfg = cfg.clone()
+        self.cfg = inference_device_config(cfg.clone())
         backend = cfg.MODEL.BACKEND if cfg.MODEL.BACKEND in GRAPH_BACKENDS else "onnxruntime"
         self.model = GRAPH_BACKENDS[backend](self.cfg, **session_kwargs)
         self.mapper = PointCloudMapper(self.cfg, is_train=False)
