@@ -231,6 +231,26 @@ def quantize_graph(
     reader = PillarsCalibrationReader(
         samples, metadata["pillar_net"], metadata["max_points_per_voxel"], progress=progress
     )
+    hint = _DropPreprocessingHint()
+    logging.getLogger().addFilter(hint)
+    try:
+        _quantize_static(q, float_path, output_path, reader, excluded)
+    finally:
+        logging.getLogger().removeFilter(hint)
+    if reader.frames == 0:
+        raise ValueError("int8 calibration: no calibration frame was given")
+    return excluded, len(convs) - len(excluded), reader.frames
+
+
+class _DropPreprocessingHint(logging.Filter):
+    """onnxruntime's quantizer logs twice, on the root logger, that a graph could be
+    "pre-processed" (symbolic shape inference, for its own kernels): not an action for users."""
+
+    def filter(self, record):
+        return "pre-processing" not in record.getMessage()
+
+
+def _quantize_static(q, float_path, output_path, reader, excluded):
     q.quantize_static(
         float_path,
         output_path,
@@ -245,9 +265,6 @@ def quantize_graph(
         # (a few scalars per frame are kept, not the activations)
         calibrate_method=q.CalibrationMethod.MinMax,
     )
-    if reader.frames == 0:
-        raise ValueError("int8 calibration: no calibration frame was given")
-    return excluded, len(convs) - len(excluded), reader.frames
 
 
 @torch.no_grad()
