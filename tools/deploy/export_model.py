@@ -74,13 +74,29 @@ def parse_args(argv=None):
     q.add_argument("--calibration-frames", type=int, default=32, help="default: %(default)s")
     q.add_argument("--check-dataset", default="", help="held-out frames; default DATASETS.TEST[0]")
     q.add_argument("--check-frames", type=int, default=8, help="default: %(default)s")
-    q.add_argument("--check-min-score", type=float, default=tol.min_score, help="%(default)s")
     q.add_argument(
-        "--check-max-distance", type=float, default=tol.max_center_distance, help="%(default)s m"
+        "--check-min-score",
+        type=float,
+        default=tol.min_score,
+        help="float boxes scoring below this are not checked (default %(default)s)",
     )
-    q.add_argument("--check-min-matched", type=float, default=tol.min_matched, help="%(default)s")
     q.add_argument(
-        "--check-max-score-diff", type=float, default=tol.max_score_diff, help="%(default)s"
+        "--check-max-distance",
+        type=float,
+        default=tol.max_center_distance,
+        help="largest BEV centre distance (m) of a matched float / int8 pair (default %(default)s)",
+    )
+    q.add_argument(
+        "--check-min-matched",
+        type=float,
+        default=tol.min_matched,
+        help="refused below this share of checked float boxes matched (default %(default)s)",
+    )
+    q.add_argument(
+        "--check-max-score-diff",
+        type=float,
+        default=tol.max_score_diff,
+        help="refused above this |score difference| of a matched pair (default %(default)s)",
     )
     q.add_argument(
         "--float-modules",
