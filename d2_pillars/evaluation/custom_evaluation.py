@@ -101,29 +101,36 @@ def flat_results(metrics: dict) -> "OrderedDict[str, float]":
     return out
 
 
+def _table(rows, headers) -> str:
+    """A pipe table as the other evaluators log; undefined APs (no ground truth) show "-"."""
+    return tabulate(
+        rows, headers=headers, tablefmt="pipe", floatfmt=".4f", numalign="left", missingval="-"
+    )
+
+
 def _log_tables(dataset_name: str, metrics: dict, summary: dict) -> None:
     classes = metrics["classes"]
     rows = [
         [name, e["num_gt"], e["iou"]]
-        + [_nan(e[k]) for k in ("AP_3D", "AP_BEV")]
+        + [e[k] for k in ("AP_3D", "AP_BEV")]
         + [e["iou_loose"]]
-        + [_nan(e[k]) for k in ("AP_3D_loose", "AP_BEV_loose")]
+        + [e[k] for k in ("AP_3D_loose", "AP_BEV_loose")]
         for name, e in classes.items()
     ]
-    headers = ["class", "#gt", "IoU", "AP_3D", "AP_BEV", "IoU loose", "AP_3D", "AP_BEV"]
-    table = tabulate(rows, headers=headers, tablefmt="pipe", floatfmt=".4f", numalign="left")
+    headers = ["class", "#gt", "IoU", "AP_3D", "AP_BEV", "IoU loose", "AP_3D loose", "AP_BEV loose"]
+    table = _table(rows, headers)
     logger.info(
         f"Evaluation of '{dataset_name}' (AP over {metrics['recall_positions']} recall "
         f"positions, fractions):\n" + create_small_table(summary)
     )
     logger.info("Per-class AP (strict / loose IoU threshold):\n" + table)
     rows = [
-        [name, bin_name, b["num_gt"]] + [_nan(b[k]) for k in _AP_KEYS]
+        [name, bin_name, b["num_gt"]] + [b[k] for k in _AP_KEYS]
         for name, e in classes.items()
         for bin_name, b in e["by_distance"].items()
     ]
     headers = ["class", "range (m)", "#gt", "AP_3D", "AP_BEV", "AP_3D loose", "AP_BEV loose"]
-    table = tabulate(rows, headers=headers, tablefmt="pipe", floatfmt=".4f", numalign="left")
+    table = _table(rows, headers)
     logger.info("AP by distance from the sensor:\n" + table)
 
 
