@@ -237,7 +237,7 @@ class CustomEvaluator(DatasetEvaluator):
                 (
                     token,
                     {
-                        "boxes": np.ascontiguousarray(boxes.reshape(len(boxes), -1)[:, :7]),
+                        "boxes": np.ascontiguousarray(boxes[:, :7]),
                         "scores": instances.scores.detach().numpy().astype(np.float32),
                         "labels": instances.pred_classes.detach().numpy().astype(np.int64),
                     },

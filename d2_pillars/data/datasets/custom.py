@@ -33,6 +33,7 @@ import torch
 
 from detectron2.data import DatasetCatalog, MetadataCatalog
 
+from d2_pillars.class_names import default_iou_thresholds
 from d2_pillars.structures import LiDARBoxes
 from d2_pillars.utils.file_io import atomic_open
 
@@ -49,7 +50,6 @@ __all__ = [
     "CUSTOM_DATASET",
     "OUTPUT_SUBDIR",
     "INDEX_NAME",
-    "DEFAULT_IOU_THRESHOLDS",
     "CustomDatasetOptions",
     "CustomFrame",
     "CustomScan",
@@ -72,14 +72,6 @@ CUSTOM_DATASET = "custom"
 #: Where ``create_data.py custom`` writes (relative to ROOT): infos, index, config.
 OUTPUT_SUBDIR = "d2_pillars"
 INDEX_NAME = "datasets.json"
-#: Default (strict, loose) BEV/3D IoU thresholds by class name (lower case); others 0.5 / 0.25.
-DEFAULT_IOU_THRESHOLDS = {
-    "car": (0.7, 0.5),
-    "vehicle": (0.7, 0.5),
-    "truck": (0.7, 0.5),
-    "bus": (0.7, 0.5),
-}
-_OTHER_IOU_THRESHOLDS = (0.5, 0.25)
 _NAME_RE = re.compile(r"[^A-Za-z0-9_]+")
 
 
@@ -446,14 +438,16 @@ def split_frames(scan: CustomScan) -> Tuple[Dict[str, List[str]], str]:
 # Records, info files, registration
 # ------------------------------------------------------------------------------------------- #
 def class_iou_thresholds(classes: Sequence[str], overrides: Optional[dict] = None) -> dict:
-    """``{class: [strict, loose]}``: ``overrides`` (dataset.yaml), else the defaults."""
+    """``{class: [strict, loose]}``: ``overrides`` (dataset.yaml), else the defaults
+    (``class_names.default_iou_thresholds``: Car/Vehicle/Truck/Bus 0.7 / 0.5, others 0.5 /
+    0.25)."""
     overrides = overrides or {}
     out = {}
     for c in classes:
         if c in overrides:
             out[c] = [float(v) for v in overrides[c]]
         else:
-            out[c] = list(DEFAULT_IOU_THRESHOLDS.get(c.lower(), _OTHER_IOU_THRESHOLDS))
+            out[c] = list(default_iou_thresholds(c))
     return out
 
 
