@@ -158,7 +158,9 @@ def _read_npy(path: str, point_dim: int, columns: Optional[Sequence[str]], **_):
     try:
         data = np.load(path, allow_pickle=False)
     except Exception as e:  # not an .npy, truncated, object array
-        raise _error(path, f"numpy cannot read it as an .npy array ({type(e).__name__}: {e})")
+        raise _error(
+            path, f"numpy cannot read it as an .npy array ({type(e).__name__}: {e})"
+        ) from e
     if data.dtype.names:  # structured array: fields by name
         names = data.dtype.names
         (ix, iy, iz), ii = _columns(path, names)
@@ -181,7 +183,7 @@ def _read_pcd(path: str, **_):
         cloud = PointCloud.from_path(path)
         data = cloud.pc_data
     except Exception as e:  # pypcd4 raises bare ValueError/KeyError/... on a bad header or body
-        raise _error(path, f"pypcd4 cannot read it as a PCD file ({type(e).__name__}: {e})")
+        raise _error(path, f"pypcd4 cannot read it as a PCD file ({type(e).__name__}: {e})") from e
     names = data.dtype.names or ()
     (ix, iy, iz), ii = _columns(path, names)
     xyz = np.stack([data[names[i]] for i in (ix, iy, iz)], axis=1)
@@ -195,7 +197,9 @@ def _read_ply(path: str, **_):
         ply = PlyData.read(path)
         vertex = ply["vertex"].data
     except Exception as e:  # PlyParseError, KeyError (no vertex element), truncated body
-        raise _error(path, f"plyfile cannot read its vertex element ({type(e).__name__}: {e})")
+        raise _error(
+            path, f"plyfile cannot read its vertex element ({type(e).__name__}: {e})"
+        ) from e
     names = vertex.dtype.names or ()
     (ix, iy, iz), ii = _columns(path, names)
     xyz = np.stack([vertex[names[i]] for i in (ix, iy, iz)], axis=1)
@@ -211,7 +215,9 @@ def _read_las(path: str, las_intensity_scale: float = DEFAULT_LAS_INTENSITY_SCAL
         xyz = np.stack([np.asarray(las.x), np.asarray(las.y), np.asarray(las.z)], axis=1)
         intensity = np.asarray(las.intensity, dtype=np.float32) * np.float32(las_intensity_scale)
     except Exception as e:  # LaspyException, truncated chunk, missing LAZ backend
-        raise _error(path, f"laspy cannot read it as a LAS/LAZ file ({type(e).__name__}: {e})")
+        raise _error(
+            path, f"laspy cannot read it as a LAS/LAZ file ({type(e).__name__}: {e})"
+        ) from e
     return xyz, intensity
 
 

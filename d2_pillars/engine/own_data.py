@@ -178,7 +178,9 @@ def derive_config(scan: CustomScan, base_config: str, names: Dict[str, str]):
     head.NUM_CLASSES = len(classes)
     head.ANCHOR_SIZES = [geo.anchor_sizes[c] for c in classes]
     x0, y0, _, x1, y1, _ = geo.point_cloud_range
-    head.ANCHOR_RANGES = [[x0, y0, geo.anchor_bottoms[c], x1, y1, geo.anchor_bottoms[c]] for c in classes]
+    head.ANCHOR_RANGES = [
+        [x0, y0, geo.anchor_bottoms[c], x1, y1, geo.anchor_bottoms[c]] for c in classes
+    ]
     head.BOX_CODE_SIZE = 7
     head.CODE_WEIGHTS = list(head.CODE_WEIGHTS)[:7]
     cfg.OUTPUT_DIR = os.path.join(scan.root, OUTPUT_SUBDIR, "output")
@@ -248,7 +250,10 @@ def summary_tables(
         rows += [
             ["point cloud range (m)", geo.point_cloud_range],
             ["voxel size (m)", geo.voxel_size],
-            ["BEV grid nx x ny", f"{geo.grid[0]} x {geo.grid[1]} (multiples of {geo.divisibility})"],
+            [
+                "BEV grid nx x ny",
+                f"{geo.grid[0]} x {geo.grid[1]} (multiples of {geo.divisibility})",
+            ],
         ]
     text = [tabulate(rows, tablefmt="github", headers=["dataset", ""])]
 
@@ -259,14 +264,21 @@ def summary_tables(
     warnings = list(scan.warnings)
     for c in sorted(set(classes) | set(counts), key=lambda c: (c not in classes, c)):
         n = counts.get(c, 0)
-        empty = sum(int((f.num_box_points[[x == c for x in f.names]] == 0).sum()) for f in scan.labelled)
+        empty = sum(
+            int((f.num_box_points[[x == c for x in f.names]] == 0).sum()) for f in scan.labelled
+        )
         outside = "-"
         if geo is not None:
             r = geo.point_cloud_range
             outside = 0
             for f in scan.labelled:
                 sel = f.boxes[[x == c for x in f.names]]
-                inside = (sel[:, 0] > r[0]) & (sel[:, 0] < r[3]) & (sel[:, 1] > r[1]) & (sel[:, 1] < r[4])
+                inside = (
+                    (sel[:, 0] > r[0])
+                    & (sel[:, 0] < r[3])
+                    & (sel[:, 1] > r[1])
+                    & (sel[:, 1] < r[4])
+                )
                 outside += int((~inside).sum())
         anchor = "-" if geo is None or c not in classes else geo.anchor_sizes[c]
         z = "-" if geo is None or c not in classes else geo.anchor_bottoms[c]

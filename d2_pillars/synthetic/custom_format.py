@@ -18,7 +18,7 @@ import math
 import numpy as np
 import os
 import shutil
-from typing import Dict, Optional, Sequence
+from typing import Optional, Sequence
 
 from d2_pillars.utils.file_io import atomic_open
 
@@ -168,7 +168,9 @@ def make_synthetic_custom(
     unknown = set(formats) - set(FILE_FORMATS)
     if unknown or not formats:
         raise ValueError(f"formats must be some of {FILE_FORMATS}, got {list(formats)}")
-    options = GenerationOptions(num_scenes, keyframes_per_scene, seed, None, num_beams, azimuth_steps)
+    options = GenerationOptions(
+        num_scenes, keyframes_per_scene, seed, None, num_beams, azimuth_steps
+    )
     params = {
         "num_scenes": num_scenes,
         "keyframes_per_scene": keyframes_per_scene,
@@ -205,16 +207,14 @@ def make_synthetic_custom(
     if os.path.exists(marker):
         os.remove(marker)
     unlabelled = {f"{s:03d}_{keyframes_per_scene - 1:03d}" for s in range(num_unlabelled)}
-    per_scene = [
-        _scene(options, root, s, tuple(formats), unlabelled) for s in range(num_scenes)
-    ]
+    per_scene = [_scene(options, root, s, tuple(formats), unlabelled) for s in range(num_scenes)]
     n_train = num_scenes - num_val_scenes
     for split, scenes in (("train", per_scene[:n_train]), ("val", per_scene[n_train:])):
         with atomic_open(os.path.join(root, "splits", f"{split}.txt"), "w") as f:
             f.write("".join(f"{i}\n" for ids in scenes for i in ids))
     with atomic_open(os.path.join(root, "dataset.yaml"), "w") as f:
         f.write(
-            "# Synthetic own-data set (d2_pillars tools/make_synthetic_dataset.py --format custom)\n"
+            "# Synthetic own-data set (tools/make_synthetic_dataset.py --format custom)\n"
             "name: synthetic_custom\n"
             "point_dim: 4          # .bin / .npy columns: x y z intensity\n"
             "box_origin: center    # label z is the box centre\n"

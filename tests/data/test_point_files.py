@@ -62,9 +62,7 @@ def test_bin_and_npy(tmp_path, cloud):
     # 5 values per point, intensity named in the 4th place of a custom column order
     five = np.concatenate([cloud[:, 3:4], cloud[:, :3], np.ones((50, 1), np.float32)], 1)
     five.tofile(tmp_path / "b.bin")
-    pf = read_point_file(
-        str(tmp_path / "b.bin"), point_dim=5, columns=["i", "x", "y", "z", "ring"]
-    )
+    pf = read_point_file(str(tmp_path / "b.bin"), point_dim=5, columns=["i", "x", "y", "z", "ring"])
     np.testing.assert_array_equal(pf.points, cloud)
 
 

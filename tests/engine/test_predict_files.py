@@ -63,8 +63,18 @@ def test_cloud_for_model_fills_missing_features():
 def test_predict_every_format(files, tmp_path):
     from d2_pillars.deploy import build_predictor
 
-    cfg = load_config(CPU_BASE, TINY + ["INPUT.LOAD_DIM", "4", "INPUT.POINT_FEATURES",
-                                        "['x', 'y', 'z', 'intensity']", "INPUT.NUM_SWEEPS", "0"])
+    cfg = load_config(
+        CPU_BASE,
+        TINY
+        + [
+            "INPUT.LOAD_DIM",
+            "4",
+            "INPUT.POINT_FEATURES",
+            "['x', 'y', 'z', 'intensity']",
+            "INPUT.NUM_SWEEPS",
+            "0",
+        ],
+    )
     results = predict_files(
         cfg, [str(files)], str(tmp_path), predictor_factory=build_predictor, progress=False
     )
@@ -102,8 +112,20 @@ def test_cli_nuscenes_features_score_thresh_no_images(files, tmp_path):
     spec = importlib.util.spec_from_file_location("predict", os.path.join(REPO, "tools/predict.py"))
     predict = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(predict)
-    argv = ["--config-file", CPU_BASE, "--input", str(files / "c.pcd"), str(files / "d.ply"),
-            "--output", str(tmp_path), "--no-images", "--score-thresh", "0.0", "--quiet", *TINY]
+    argv = [
+        "--config-file",
+        CPU_BASE,
+        "--input",
+        str(files / "c.pcd"),
+        str(files / "d.ply"),
+        "--output",
+        str(tmp_path),
+        "--no-images",
+        "--score-thresh",
+        "0.0",
+        "--quiet",
+        *TINY,
+    ]
     assert predict.main(argv) == 0
     assert sorted(os.listdir(tmp_path)) == ["c.txt", "d.txt", "predictions.json"]
     for name in ("c.txt", "d.txt"):

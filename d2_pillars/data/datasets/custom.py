@@ -135,7 +135,9 @@ def _check_options(o: CustomDatasetOptions) -> List[str]:
         problems.append(f"point_features must name x, y and z, got {o.point_features}")
     r = o.point_cloud_range
     if r is not None and (len(r) != 6 or not all(r[i + 3] > r[i] for i in range(3))):
-        problems.append(f"point_cloud_range must be [x_min, y_min, z_min, x_max, y_max, z_max]: {r}")
+        problems.append(
+            f"point_cloud_range must be [x_min, y_min, z_min, x_max, y_max, z_max]: {r}"
+        )
     for cls, thr in (o.class_iou_thresholds or {}).items():
         if len(thr) != 2 or not all(0 < float(t) <= 1 for t in thr):
             problems.append(f"class_iou_thresholds[{cls}] must be [strict, loose] in (0, 1]: {thr}")
