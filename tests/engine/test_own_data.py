@@ -162,3 +162,26 @@ def test_train_and_eval_only(own_root, tmp_path):
         again["classes"]["Car"]["AP_BEV_loose"], metrics["classes"]["Car"]["AP_BEV_loose"],
         atol=1e-3,
     )  # fmt: skip
+    # the visualizer: ground truth and the model's boxes of a val frame as a BEV PNG
+    from d2_pillars.engine.visualize import visualize
+
+    weights = ["MODEL.WEIGHTS", str(tmp_path / "model_final.pth")]
+    (png,) = visualize(
+        "synthetic_custom_val", indices=[0], config_file=config, opts=opts + weights,
+        save_dir=str(tmp_path / "vis"), mode="bev", size=256,
+    )  # fmt: skip
+    assert os.path.getsize(png) > 1000
+
+
+def test_amp_only_where_bfloat16_is_native(own_root, monkeypatch):
+    """The CPU base config's bfloat16 autocast is kept on CPUs with native bfloat16 only."""
+    from d2_pillars.data.datasets.custom import scan_dataset
+    from d2_pillars.engine import own_data
+
+    scan = scan_dataset(own_root, progress=False)
+    names = {"train": "amp_train", "val": "amp_val"}
+    for native in (True, False):
+        monkeypatch.setattr(own_data, "cpu_has_native_bfloat16", lambda n=native: n)
+        cfg, geo = own_data.derive_config(scan, CPU_BASE, names)
+        assert cfg.SOLVER.AMP.ENABLED is native
+        assert any("SOLVER.AMP.ENABLED False" in n for n in geo.notes) is (not native)
