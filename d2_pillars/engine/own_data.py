@@ -164,6 +164,8 @@ def derive_config(scan: CustomScan, base_config: str, names: Dict[str, str]):
     cfg = load_config(base_config)
     classes = scan.classes()
     geo = derive_geometry(scan, classes, cfg)
+    if "train" not in names:
+        raise ValueError(f"{scan.root}: no labelled frame to train on in the train split")
     cfg.DATASETS.TRAIN = (names["train"],)
     cfg.DATASETS.TEST = (names["val"],) if names.get("val") else ()
     cfg.DATASETS.CLASS_NAMES = list(classes)

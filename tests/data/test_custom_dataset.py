@@ -158,3 +158,18 @@ def test_another_root_under_a_registered_name(tmp_path):
         register_custom_dataset(b)
     index = json.load(open(os.path.join(b, "d2_pillars", "datasets.json")))
     assert index["classes"] == list(CLASSES)
+
+
+def test_splits_from_files(tmp_path):
+    root = make_dataset(tmp_path / "sp", 5)
+    os.makedirs(os.path.join(root, "splits"))
+    with open(os.path.join(root, "splits", "val.txt"), "w") as f:
+        f.write("f01\nf03\n")
+    scan = scan_dataset(root, progress=False)
+    splits, how = split_frames(scan)
+    assert how == "ROOT/splits/*.txt"
+    assert splits == {"train": ["f00", "f02", "f04"], "val": ["f01", "f03"], "unlabelled": []}
+    with open(os.path.join(root, "splits", "train.txt"), "w") as f:
+        f.write("f00\nnope\n")
+    found = {os.path.basename(p): r for p, r in scan_dataset(root, progress=False).problems}
+    assert "1 ids without a points file" in found["train.txt"]

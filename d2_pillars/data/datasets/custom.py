@@ -402,15 +402,21 @@ def scan_dataset(
 
 
 def split_frames(scan: CustomScan) -> Tuple[Dict[str, List[str]], str]:
-    """``({"train": ids, "val": ids, "unlabelled": ids}, how)``: ``ROOT/splits`` when given,
-    else a seeded split of the labelled frames; unlabelled frames not in a split file are the
-    ``unlabelled`` split; unlabelled ids in ``train`` move to it (with a warning), those in
-    ``val`` stay there (``has_labels`` False: the evaluator skips them)."""
+    """``({"train": ids, "val": ids, "unlabelled": ids}, how)``: ``ROOT/splits`` when given (with
+    only ``val.txt``, the other labelled frames train), else a seeded split of the labelled
+    frames; unlabelled frames not in a split file are the ``unlabelled`` split; unlabelled ids
+    in ``train`` move to it (with a warning), those in ``val`` stay there (``has_labels``
+    False: the evaluator skips them)."""
     labelled = sorted(f.token for f in scan.labelled)
     unlabelled = sorted(t for t, f in scan.frames.items() if not f.has_labels)
     if scan.splits_given:
-        train = list(scan.splits_given.get("train", []))
         val = list(scan.splits_given.get("val", []))
+        if "train" in scan.splits_given:
+            train = list(scan.splits_given["train"])
+        else:  # only val.txt: every other labelled frame trains
+            train = [t for t in labelled if t not in set(val)]
+        if not val:
+            scan.warnings.append("no val frames (splits/val.txt missing or empty): no evaluation")
         dropped = [t for t in train if not scan.frames[t].has_labels]
         if dropped:
             scan.warnings.append(
