@@ -45,8 +45,9 @@ def parse_args(argv=None):
         help="float32 values per point of .bin files (default: the own-data dataset.yaml, else 4)",
     )
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
-    parser.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides: KEY VALUE ...")
-    return parser.parse_args(argv)
+    parser.add_argument("opts", nargs="*", help="config overrides: KEY VALUE ...")
+    # Intermixed: options may follow the KEY VALUE pairs (--output OUT K V --score-thresh 0.3).
+    return parser.parse_intermixed_args(argv)
 
 
 def main(argv=None):

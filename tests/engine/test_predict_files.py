@@ -120,11 +120,11 @@ def test_cli_nuscenes_features_score_thresh_no_images(files, tmp_path):
         str(files / "d.ply"),
         "--output",
         str(tmp_path),
+        *TINY,  # KEY VALUE pairs, then options again
         "--no-images",
         "--score-thresh",
         "0.0",
         "--quiet",
-        *TINY,
     ]
     assert predict.main(argv) == 0
     assert sorted(os.listdir(tmp_path)) == ["c.txt", "d.txt", "predictions.json"]
