@@ -197,6 +197,7 @@ def _build_eager_model(cfg):
     cfg = cfg.clone()
     cfg.defrost()
     cfg.MODEL.BACKEND = "torch"
+    cfg.MODEL.DEVICE = "cpu"  # traced on the CPU: the device does not enter the graph
     model = build_pillars_model(cfg)
     model.eval()
     if cfg.MODEL.WEIGHTS:

@@ -23,6 +23,7 @@ from torch import nn
 from detectron2.layers import ShapeSpec
 
 from ..data.mapper import PointCloudMapper
+from ..engine.device import inference_device_config
 from ..engine.predictor import PillarsPredictor
 from ..engine.trainer import INFERENCE_BACKEND_REGISTRY
 from ..modeling.anchor_head import build_anchor3d_head
@@ -182,7 +183,7 @@ class OnnxPointPillars(nn.Module):
         self.input_names = list(self.metadata["inputs"])
         self.pillar_net = self.metadata.get("pillar_net", "dense")
         self.postprocess = _PostProcessing(cfg, self.metadata)
-        self._device = torch.device(cfg.MODEL.DEVICE)
+        self._device = torch.device(inference_device_config(cfg).MODEL.DEVICE)
         self.train(False)
 
     def _read_metadata(self, ort) -> Dict:
@@ -291,7 +292,7 @@ class OnnxPillarsPredictor(PillarsPredictor):
     ``{"instances": Instances}`` on the CPU. Keyword arguments go to :class:`OnnxPointPillars`."""
 
     def __init__(self, cfg, **session_kwargs):
-        self.cfg = cfg.clone()
+        self.cfg = inference_device_config(cfg.clone())
         self.model = OnnxPointPillars(self.cfg, **session_kwargs)
         self.mapper = PointCloudMapper(self.cfg, is_train=False)
 

@@ -11,9 +11,10 @@ from detectron2.utils.logger import setup_logger
 
 from ..config import add_pillars_config
 from ..data.datasets.custom import register_custom_dataset
+from .device import check_training_device
 from .trainer import PillarsTrainer, load_model_weights
 
-__all__ = ["argument_parser", "setup", "main", "load_config"]
+__all__ = ["argument_parser", "setup", "main", "load_config", "check_device"]
 
 logger = logging.getLogger(__name__)
 
@@ -97,6 +98,15 @@ def setup(args):
     return cfg
 
 
+def check_device(args):
+    """Before launching processes: a training run whose ``MODEL.DEVICE`` needs a CUDA device this
+    machine lacks raises :class:`~d2_pillars.engine.device.DeviceUnavailableError` (inference
+    falls back to the CPU later, with a warning)."""
+    if args.eval_only:
+        return
+    check_training_device(load_config(args.config_file, args.opts), args.config_file)
+
+
 def main(args):
     """Train, evaluate a checkpoint (``--eval-only``) or score a results file (``--results``)."""
     cfg = setup(args)
@@ -113,6 +123,7 @@ def main(args):
         if comm.is_main_process():
             verify_results(cfg, res)
         return res
+    check_training_device(cfg, args.config_file)
     trainer = PillarsTrainer(cfg)
     trainer.resume_or_load(resume=args.resume)
     return trainer.train()

@@ -3,6 +3,7 @@
 import torch
 
 from ..data import PointCloudMapper
+from .device import inference_device_config
 from .trainer import build_pillars_model, load_model_weights
 
 __all__ = ["PillarsPredictor"]
@@ -17,11 +18,12 @@ class PillarsPredictor:
     - ``predictor.predict_points(points)`` takes a cloud the caller already has.
 
     Both return ``{"instances": Instances}`` with ``pred_boxes3d`` (LiDARBoxes, keyframe LiDAR
-    frame), ``scores`` and ``pred_classes`` on the CPU.
+    frame), ``scores`` and ``pred_classes`` on the CPU. ``MODEL.DEVICE cuda`` on a machine without
+    CUDA runs on the CPU (one warning).
     """
 
     def __init__(self, cfg):
-        self.cfg = cfg.clone()
+        self.cfg = inference_device_config(cfg.clone())
         self.model = build_pillars_model(self.cfg)
         self.model.eval()
         load_model_weights(self.cfg, self.model)

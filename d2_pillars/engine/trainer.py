@@ -18,6 +18,7 @@ from ..checkpoint import PillarsCheckpointer
 from ..data import build_pillars_test_loader, build_pillars_train_loader
 from ..evaluation import CustomEvaluator, LyftEvaluator, NuScenesEvaluator
 from .amp import build_step_trainer
+from .device import check_training_device, inference_device_config
 from .sync_bn import convert_to_naive_sync_bn
 
 __all__ = [
@@ -47,7 +48,10 @@ def build_pillars_model(cfg):
 
     On CPU it also makes the process flush denormal floats to zero: x86 arithmetic on denormals is
     10-100x slower, and tiny activations (e.g. in eval mode before BN statistics settle) hit it.
+    ``MODEL.DEVICE cuda`` on a machine without CUDA builds the model on the CPU, with a warning
+    (:func:`~d2_pillars.engine.device.inference_device_config`; training refuses earlier).
     """
+    cfg = inference_device_config(cfg)
     if torch.device(cfg.MODEL.DEVICE).type == "cpu":
         torch.set_flush_denormal(True)
     backend = cfg.MODEL.BACKEND
@@ -146,6 +150,7 @@ class PillarsTrainer(DefaultTrainer):
     """
 
     def __init__(self, cfg):
+        check_training_device(cfg)
         TrainerBase.__init__(self)
         if not logging.getLogger("d2_pillars").isEnabledFor(logging.INFO):
             setup_logger(name="d2_pillars", distributed_rank=comm.get_rank())

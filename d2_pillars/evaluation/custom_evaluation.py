@@ -3,9 +3,9 @@ IoU per class at a strict and a loose IoU threshold, over 40 recall positions, o
 distance from the sensor, in the LiDAR frame (the protocol is :mod:`.custom_metrics`).
 
 The ground truth is that of the registered split's records (``DatasetCatalog``): every box of
-a labelled frame whose label is a class (``gt_labels >= 0``); unlabelled frames
-(``has_labels`` False) are not scored. Metrics go to ``<output_dir>/custom_metrics.json``
-(written atomically) and to the log as detectron2 tables.
+a labelled frame whose label is a class (``gt_labels >= 0``), not filtered by the model's
+point-cloud range; unlabelled frames (``has_labels`` False) are not scored. Metrics go to
+``<output_dir>/custom_metrics.json`` (written atomically) and to the log as detectron2 tables.
 """
 
 import logging
@@ -195,8 +195,8 @@ class CustomEvaluator(DatasetEvaluator):
         if found != self.evaluator_type:
             raise ValueError(
                 f"Dataset '{dataset_name}' has evaluator_type {found!r}; CustomEvaluator scores "
-                "own-data splits (evaluator_type 'custom', registered by `python "
-                "tools/create_data.py custom --root ROOT` configs)."
+                "own-data splits (evaluator_type 'custom': the splits that `python "
+                "tools/create_data.py custom --root ROOT` writes and registers)."
             )
         class_names = meta.get("thing_classes", None)
         if not class_names:
@@ -293,7 +293,7 @@ class CustomEvaluator(DatasetEvaluator):
             logger.info(f"Metrics of {len(ground_truth)} labelled frames written to {path}")
         summary = {k: results[k] for k in ("mAP_3D", "mAP_BEV", "mAP_3D_loose", "mAP_BEV_loose")}
         _log_tables(self._dataset_name, metrics, summary)
-        self._save_examples(vis_predictions)
+        self._save_examples({t: v for t, v in vis_predictions.items() if t in ground_truth})
         return OrderedDict(custom=results)
 
     def _check_frames(self, predictions, ground_truth, unlabelled) -> None:
@@ -317,7 +317,8 @@ class CustomEvaluator(DatasetEvaluator):
         )
 
     def _save_examples(self, vis_predictions: Dict[str, dict]) -> None:
-        """BEV images of the worst and best frames (best effort: a failure is a warning)."""
+        """BEV images of the worst and best labelled frames, ranked as the other evaluators do
+        (best effort: a failure is a warning)."""
         if self._vis_num_samples <= 0 or self._output_dir is None or not vis_predictions:
             return
         out_dir = os.path.join(self._output_dir, VIS_SUBDIR)

@@ -82,6 +82,8 @@ def test_e2e_training_runs_the_trainers_step(root, monkeypatch, amp_enabled):
     """The timed iterations are PillarsTrainer's own step: autocast exactly when AMP is on."""
     from d2_pillars.engine import amp
 
+    # as on a CPU with native bfloat16 (elsewhere AMP trains in float32: tests/engine/test_amp.py)
+    monkeypatch.setattr(amp, "cpu_has_native_bfloat16", lambda: True)
     steps = []
     run_step = amp.AutocastTrainer.run_step
     monkeypatch.setattr(
@@ -120,7 +122,8 @@ def test_e2e_onnxruntime_side_by_side(root, capsys):
     assert set(kernel) == {"pillar_net", "scatter", "backbone", "neck", "head", "other"}
     assert all(kernel[k] > 0 for k in ("pillar_net", "scatter", "backbone", "neck", "head"))
     assert 0 < ort["e2e_in_run_graph_s"] < ort["e2e_latency_s"]
-    assert ort["detections"] == figures["detections"]  # same load on the NMS
+    # same load on the NMS: near-tied picks (kernels round differently) may change a count or two
+    assert ort["detections"] == pytest.approx(figures["detections"], rel=0.02, abs=1)
     ratio = ort["e2e_latency_s"] / figures["e2e_latency_s"]
     assert figures["onnxruntime_over_torch_e2e"] == pytest.approx(ratio)
     assert "onnxruntime end to end / torch end to end (wall)" in figures["targets"]

@@ -32,6 +32,8 @@ from d2_pillars.deploy.export import (
 from d2_pillars.deploy.network import graph_inputs
 from d2_pillars.engine import PillarsPredictor, build_pillars_model, load_config
 
+from detections import assert_same_detections, no_suppression
+
 pytest.importorskip("onnxruntime")
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -151,16 +153,29 @@ def test_seed_config_exports_at_reduced_grid(record, tmp_path):
     assert [n for n in onnx_model.input_names if n.startswith("voxels")] == [
         f"voxels_{m}" for m in (2, 4, 8, 16, 32, 64)
     ]
-    (eager,) = model([sample])
-    (ours,) = onnx_model([sample])
-    _same_instances(eager["instances"], ours["instances"])
+    _same_detections(model, model.head, onnx_model, onnx_model.postprocess.head, [sample])
 
 
-def _same_instances(a, b, atol=1e-4):
-    assert len(a) == len(b) > 0
-    assert torch.equal(a.pred_classes, b.pred_classes)
-    assert torch.allclose(a.scores, b.scores, atol=atol, rtol=0)
-    assert torch.allclose(a.pred_boxes3d.tensor, b.pred_boxes3d.tensor, atol=atol, rtol=0)
+def _same_detections(run_a, head_a, run_b, head_b, *inputs):
+    """Eager torch and onnxruntime give the same detections up to float rounding: matched one to
+    one, near ties of the NMS and of the limit interchangeable (tests/detections.py)."""
+
+    def instances(run):
+        out = run(*inputs)
+        return (out[0] if isinstance(out, list) else out)["instances"]
+
+    def pool(run, head):
+        with no_suppression(head):
+            return instances(run)
+
+    assert_same_detections(
+        instances(run_a),
+        instances(run_b),
+        nms_thresh=head_a.nms_thresh,
+        max_detections=head_a.max_detections_per_sample,
+        candidates_a=lambda: pool(run_a, head_a),
+        candidates_b=lambda: pool(run_b, head_b),
+    )
 
 
 def test_onnxruntime_predictor_gives_the_same_boxes(demo_export, record):
@@ -170,15 +185,15 @@ def test_onnxruntime_predictor_gives_the_same_boxes(demo_export, record):
     eager = predictor(record)["instances"]
     ours = onnx_predictor(record)["instances"]
     assert len(eager) > 50  # full load: many boxes through the NMS
-    _same_instances(eager, ours)
     assert ours.image_size == eager.image_size
+    heads = (predictor.model.head, onnx_predictor.model.postprocess.head)
+    _same_detections(predictor, heads[0], onnx_predictor, heads[1], record)
     # predict_points: a cloud the caller already has (the keyframe's mapped points)
     points = np.random.default_rng(0).uniform(-50, 50, (20000, 4)).astype(np.float32)
     points[:, 2] = np.random.default_rng(1).uniform(-3, 1, 20000)
     points[:, 3] = 0.0
-    _same_instances(
-        predictor.predict_points(points)["instances"],
-        onnx_predictor.predict_points(points)["instances"],
+    _same_detections(
+        predictor.predict_points, heads[0], onnx_predictor.predict_points, heads[1], points
     )
 
 
@@ -190,9 +205,7 @@ def test_backend_key_builds_the_onnxruntime_model(demo_export, record):
     assert len(model.state_dict()) == 0  # no parameters: the weights are in the graph
     assert isinstance(build_predictor(onnx_cfg), OnnxPillarsPredictor)
     assert type(build_predictor(cfg)) is PillarsPredictor
-    (out_eager,) = predictor.model([sample])
-    (out_onnx,) = model([sample])
-    _same_instances(out_eager["instances"], out_onnx["instances"])
+    _same_detections(predictor.model, predictor.model.head, model, model.postprocess.head, [sample])
     with pytest.raises(RuntimeError, match="inference only"):
         model.train()
     # an empty frame: no pillars, no boxes, no error

@@ -48,7 +48,7 @@ def test_predict_points_equals_the_record_pipeline(predictor_and_record):
     assert len(from_record) > 0
     torch.testing.assert_close(from_points.pred_boxes3d.tensor, from_record.pred_boxes3d.tensor)
     torch.testing.assert_close(from_points.scores, from_record.scores)
-    assert torch.equal(from_points.pred_classes, from_record.pred_classes)
+    assert torch.equal(from_points.pred_classes, from_record.pred_classes)  # same arithmetic
     # a torch tensor is accepted too
     again = predictor.predict_points(torch.from_numpy(points))["instances"]
     torch.testing.assert_close(again.scores, from_record.scores)

@@ -100,6 +100,32 @@ def test_greedy_match_prefers_preferred_boxes():
     np.testing.assert_array_equal(greedy_match(iou, 0.7, np.array([False, True])), [0])
 
 
+def _reference_match(iou, threshold, preferred):
+    """The greedy rule written plainly: per row, the best free preferred column at or above the
+    threshold, else the best free other column."""
+    match, free = [], set(range(iou.shape[1]))
+    for row in iou:
+        ok = [j for j in sorted(free) if row[j] >= threshold]
+        pool = [j for j in ok if preferred[j]] or ok
+        j = max(pool, key=lambda k: (row[k], -k)) if pool else -1
+        match.append(j)
+        free.discard(j)
+    return match
+
+
+def test_greedy_match_equals_the_plain_rule_on_random_matrices():
+    rng = np.random.default_rng(0)
+    for _ in range(200):
+        p, g = rng.integers(0, 7, size=2)
+        iou = rng.uniform(0, 1, (p, g)) * (rng.uniform(0, 1, (p, g)) < 0.6)
+        iou = np.round(iou, 1)  # ties
+        preferred = rng.uniform(0, 1, g) < 0.6
+        threshold = rng.choice([0.25, 0.5, 0.7])
+        got = greedy_match(iou, threshold, preferred).tolist()
+        assert got == _reference_match(iou, threshold, preferred)
+        assert greedy_match(iou, threshold).tolist() == _reference_match(iou, threshold, [1] * g)
+
+
 # ------------------------------------------------------------------------------ thresholds
 def test_default_thresholds():
     for name in ("Car", "vehicle", "TRUCK", "Bus"):
