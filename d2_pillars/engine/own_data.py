@@ -14,11 +14,9 @@ with what the data decides:
 * one anchor per class: the median ``l, w, h`` of its boxes, its z the median box bottom
   (``ANCHOR_RANGES`` hold the bottom), on the range's x, y; box code 7 (no velocity).
 
-The solver is the base config's, with one exception: a CPU base config with bfloat16 autocast
-(``SOLVER.AMP.ENABLED``) written on a CPU without native bfloat16 (no AVX512-BF16 / AMX) gets
-float32, because emulated bfloat16 is far slower there (measured on a 2-core AMD EPYC with AVX2
-only, derived RegNetX-400MF-FPN config: 3.3 CPU-s per training iteration with bfloat16 autocast
-against 0.5 CPU-s in float32).
+The solver is the base config's, unchanged: the config does not depend on the machine that
+wrote it (``SOLVER.AMP`` on a CPU without native bfloat16 trains in float32 at run time,
+:func:`d2_pillars.engine.amp.build_step_trainer`).
 """
 
 import dataclasses
@@ -48,7 +46,6 @@ __all__ = [
     "derive_config",
     "summary_tables",
     "create_custom_data",
-    "cpu_has_native_bfloat16",
 ]
 
 logger = logging.getLogger(__name__)
@@ -186,28 +183,7 @@ def derive_config(scan: CustomScan, base_config: str, names: Dict[str, str]):
     head.BOX_CODE_SIZE = 7
     head.CODE_WEIGHTS = list(head.CODE_WEIGHTS)[:7]
     cfg.OUTPUT_DIR = os.path.join(scan.root, OUTPUT_SUBDIR, "output")
-    geo.notes.extend(_solver_notes(cfg))
     return cfg, geo
-
-
-def cpu_has_native_bfloat16() -> bool:
-    """Whether this CPU runs bfloat16 natively (oneDNN's AVX512-BF16 / AMX kernels)."""
-    import torch
-
-    return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-
-
-def _solver_notes(cfg) -> List[str]:
-    """Departures from the base solver (in place on ``cfg``), as lines for the summary."""
-    notes = []
-    on_cpu = str(cfg.MODEL.DEVICE).startswith("cpu")
-    if cfg.SOLVER.AMP.ENABLED and on_cpu and not cpu_has_native_bfloat16():
-        cfg.SOLVER.AMP.ENABLED = False
-        notes.append(
-            "SOLVER.AMP.ENABLED False: this CPU has no native bfloat16 (AVX512-BF16 / AMX), "
-            "where bfloat16 autocast trains several times slower than float32"
-        )
-    return notes
 
 
 def _points_in_range(scan: CustomScan, r: Sequence[float]) -> Dict[str, int]:
