@@ -65,6 +65,9 @@ def add_pillars_config(cfg):
     # Detection classes in label order (default: nuScenes'); must equal the registered dataset's
     # thing_classes.
     _C.DATASETS.CLASS_NAMES = list(NUSCENES_CLASSES)
+    # Own-data root (README, "Your own LiDAR data"): when set, loading the config registers the
+    # splits that `tools/create_data.py custom --root ROOT` wrote (ROOT/d2_pillars/datasets.json).
+    _C.DATASETS.CUSTOM_ROOT = ""
 
     # ---------------------------------------------------------------------------------------- #
     # Pillar feature net and scatter

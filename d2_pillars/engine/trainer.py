@@ -16,7 +16,7 @@ from detectron2.utils.registry import Registry
 
 from ..checkpoint import PillarsCheckpointer
 from ..data import build_pillars_test_loader, build_pillars_train_loader
-from ..evaluation import LyftEvaluator, NuScenesEvaluator
+from ..evaluation import CustomEvaluator, LyftEvaluator, NuScenesEvaluator
 from .amp import build_step_trainer
 from .device import check_training_device, inference_device_config
 from .sync_bn import convert_to_naive_sync_bn
@@ -93,7 +93,8 @@ def wrap_ddp(model):
 
 
 def build_pillars_evaluator(cfg, dataset_name, output_folder=None):
-    """The evaluator for the registered dataset's ``evaluator_type`` ("nuscenes" or "lyft")."""
+    """The evaluator for the registered dataset's ``evaluator_type``: "nuscenes", "lyft" or
+    "custom" (own data, :class:`~d2_pillars.evaluation.CustomEvaluator`)."""
     if output_folder is None:
         output_folder = os.path.join(cfg.OUTPUT_DIR, cfg.TEST.EVAL_OUTPUT_SUBDIR, dataset_name)
     evaluator_type = MetadataCatalog.get(dataset_name).get("evaluator_type", None)
@@ -106,10 +107,13 @@ def build_pillars_evaluator(cfg, dataset_name, output_folder=None):
         return NuScenesEvaluator(dataset_name, plot=cfg.TEST.NUSCENES_PLOTS, **common)
     if evaluator_type == "lyft":
         return LyftEvaluator(dataset_name, method=cfg.TEST.LYFT_MAP_METHOD, **common)
+    if evaluator_type == "custom":
+        return CustomEvaluator(dataset_name, **common)
     raise ValueError(
         f"Dataset '{dataset_name}' has evaluator_type {evaluator_type!r}; d2_pillars evaluates "
-        "'nuscenes' and 'lyft' datasets (register them with d2_pillars.data.register_nuscenes / "
-        "register_lyft)."
+        "'nuscenes', 'lyft' and 'custom' datasets (register them with "
+        "d2_pillars.data.register_nuscenes / register_lyft, or build an own-data config with "
+        "`python tools/create_data.py custom --root ROOT`)."
     )
 
 

@@ -15,11 +15,15 @@ implementation below, which works on CPU and CUDA:
    Sutherland-Hodgman clipping vectorised over all pairs with fixed-size tensors (see
    :func:`intersection_area_of_pairs`);
 3. the intersection area is the shoelace sum over the clipped boundary.
+
+:func:`pairwise_iou_rotated_3d` extends it to upright 3D boxes ``(x, y, z, l, w, h, yaw)``
+(geometric centre): the BEV intersection area (recovered from the BEV IoU and the two areas,
+so both back-ends serve it) times the overlap of the z intervals, over the union volume.
 """
 import functools
 import torch
 
-__all__ = ["pairwise_iou_rotated_bev"]
+__all__ = ["pairwise_iou_rotated_bev", "pairwise_iou_rotated_3d"]
 
 # Pairs processed at once by the exact intersection (small blocks stay in cache).
 _PAIR_CHUNK = 1 << 14
@@ -103,6 +107,59 @@ def pairwise_iou_rotated_bev(boxes1, boxes2):
         b2 = bev_to_d2_rotated(boxes2.to(b1))
         return pairwise_iou_rotated(b1, b2).to(dtype)
     return _pairwise_iou_torch(boxes1.to(dtype), boxes2.to(device=boxes1.device, dtype=dtype))
+
+
+def _check_boxes_3d(boxes, name):
+    if not isinstance(boxes, torch.Tensor) or boxes.dim() != 2 or boxes.shape[1] < 7:
+        shape = tuple(boxes.shape) if isinstance(boxes, torch.Tensor) else type(boxes).__name__
+        raise ValueError(
+            f"{name} must be a (N, 7+) tensor of boxes (x, y, z, l, w, h, yaw, ...) as "
+            f"LiDARBoxes.tensor; got {shape}"
+        )
+
+
+def pairwise_iou_rotated_3d(boxes1, boxes2, bev_iou=None):
+    """3D IoU of every pair of upright boxes rotated about z.
+
+    ``IoU = A_bev * dz / (V1 + V2 - A_bev * dz)`` with ``A_bev`` the overlap area of the rotated
+    BEV rectangles and ``dz`` the overlap length of the z intervals ``[z - h/2, z + h/2]``.
+    ``A_bev`` is recovered exactly from the BEV IoU ``u`` and the areas: ``A = u (a1 + a2) /
+    (1 + u)``.
+
+    Args:
+        boxes1: (N, 7+) ``(x, y, z, l, w, h, yaw, ...)``: geometric centre (m), sizes (m), yaw
+            (rad, CCW from +x); columns after the 7th (velocity) are ignored.
+        boxes2: (M, 7+) same layout, same device.
+        bev_iou: optional (N, M) :func:`pairwise_iou_rotated_bev` of these boxes, when the
+            caller has it already (it is computed otherwise).
+
+    Returns:
+        (N, M) tensor of 3D IoU in [0, 1], dtype of ``boxes1`` (float32 for non-float inputs).
+    """
+    _check_boxes_3d(boxes1, "boxes1")
+    _check_boxes_3d(boxes2, "boxes2")
+    dtype = _compute_dtype(boxes1)
+    b1 = boxes1[:, :7].to(dtype)
+    b2 = boxes2[:, :7].to(device=boxes1.device, dtype=dtype)
+    n, m = b1.shape[0], b2.shape[0]
+    if bev_iou is None:
+        bev_iou = pairwise_iou_rotated_bev(b1[:, [0, 1, 3, 4, 6]], b2[:, [0, 1, 3, 4, 6]])
+    elif tuple(bev_iou.shape) != (n, m):
+        raise ValueError(f"bev_iou must be ({n}, {m}) for these boxes, got {tuple(bev_iou.shape)}")
+    if n == 0 or m == 0:
+        return b1.new_zeros((n, m))
+    u = bev_iou.to(b1)
+    area1 = (b1[:, 3] * b1[:, 4]).abs()
+    area2 = (b2[:, 3] * b2[:, 4]).abs()
+    inter_bev = u * (area1[:, None] + area2[None, :]) / (1.0 + u)
+    half1, half2 = 0.5 * b1[:, 5].abs(), 0.5 * b2[:, 5].abs()
+    top = torch.minimum((b1[:, 2] + half1)[:, None], (b2[:, 2] + half2)[None, :])
+    bottom = torch.maximum((b1[:, 2] - half1)[:, None], (b2[:, 2] - half2)[None, :])
+    inter = inter_bev * (top - bottom).clamp(min=0.0)
+    vol1, vol2 = area1 * 2.0 * half1, area2 * 2.0 * half2
+    union = vol1[:, None] + vol2[None, :] - inter
+    iou = inter / union.clamp(min=torch.finfo(union.dtype).tiny)
+    return iou.clamp_(0.0, 1.0)
 
 
 def _pairwise_iou_torch(boxes1, boxes2):

@@ -82,6 +82,8 @@ def test_e2e_training_runs_the_trainers_step(root, monkeypatch, amp_enabled):
     """The timed iterations are PillarsTrainer's own step: autocast exactly when AMP is on."""
     from d2_pillars.engine import amp
 
+    # as on a CPU with native bfloat16 (elsewhere AMP trains in float32: tests/engine/test_amp.py)
+    monkeypatch.setattr(amp, "cpu_has_native_bfloat16", lambda: True)
     steps = []
     run_step = amp.AutocastTrainer.run_step
     monkeypatch.setattr(

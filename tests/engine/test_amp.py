@@ -1,4 +1,5 @@
 import itertools
+import logging
 import pytest
 import torch
 from torch import nn
@@ -6,6 +7,7 @@ from torch import nn
 from detectron2.config import CfgNode
 from detectron2.engine import SimpleTrainer
 
+from d2_pillars.engine import amp as amp_module
 from d2_pillars.engine.amp import AutocastTrainer, build_step_trainer
 
 
@@ -80,17 +82,27 @@ def test_bfloat16_without_scaler_trains_and_logs_no_scale():
 
 
 @pytest.mark.parametrize("amp", [False, True])
-def test_build_step_trainer_on_cpu(amp):
+@pytest.mark.parametrize("native_bf16", [False, True])
+def test_build_step_trainer_on_cpu(amp, native_bf16, monkeypatch, capture_logs):
+    monkeypatch.setattr(amp_module, "cpu_has_native_bfloat16", lambda: native_bf16)
     cfg = CfgNode({"SOLVER": {"AMP": {"ENABLED": amp}}})
     model = _SqrtModel()
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
-    trainer = build_step_trainer(cfg, model, iter([]), optimizer)
-    if not amp:
+    with capture_logs(amp_module.logger, logging.WARNING) as records:
+        trainer = build_step_trainer(cfg, model, iter([]), optimizer)
+    if not amp or not native_bf16:
+        # emulated bfloat16 is several times slower than float32: AMP trains in float32 there
         assert type(trainer) is SimpleTrainer
+        assert len(records) == (1 if amp else 0)
+        assert not records or "no native bfloat16" in records[0].getMessage()
     else:
-        assert isinstance(trainer, AutocastTrainer)
+        assert isinstance(trainer, AutocastTrainer) and not records
         assert (trainer.device_type, trainer.dtype, trainer.grad_scaler) == (
             "cpu",
             torch.bfloat16,
             None,
         )
+
+
+def test_native_bfloat16_detection_answers():
+    assert isinstance(amp_module.cpu_has_native_bfloat16(), bool)
