@@ -112,7 +112,7 @@ if '$DEV' == 'cuda' and not cuda:
 cat "$OUT/env.log" | tail -n 1
 
 # ------------------------------------------------------------------ 1. tests (~2-3 min)
-run tests_cuda 300 "$PY" -m pytest -q -m cuda tests
+run tests_cuda 420 "$PY" -m pytest -q -m cuda tests
 if [[ $DRY -eq 1 ]]; then
   run tests_launch 120 "$PY" -m pytest -q tests/engine/test_launch.py
 else  # the two-process gloo test with CUDA visible (failed before issue 23)
