@@ -65,6 +65,9 @@ def add_pillars_config(cfg):
     # Detection classes in label order (default: nuScenes'); must equal the registered dataset's
     # thing_classes.
     _C.DATASETS.CLASS_NAMES = list(NUSCENES_CLASSES)
+    # Own-data root (README, "Your own LiDAR data"): when set, loading the config registers the
+    # splits that `tools/create_data.py custom --root ROOT` wrote (ROOT/d2_pillars/datasets.json).
+    _C.DATASETS.CUSTOM_ROOT = ""
 
     # ---------------------------------------------------------------------------------------- #
     # Pillar feature net and scatter
@@ -97,6 +100,12 @@ def add_pillars_config(cfg):
     # 8-14% less time in backbone + neck + head at inference, ~2% less per training iteration.
     # Off by default: not measured on CUDA.
     _C.MODEL.CHANNELS_LAST = False
+    # Precision of the network (pillar net .. head convolutions) at inference with the torch
+    # back-end: "float32", "float16" or "bfloat16", run under torch.autocast of the model's device
+    # (use float16 on CUDA, bfloat16 on CPUs with native bf16, e.g. AVX512-BF16 / AMX). Boxes are
+    # decoded and NMS'd in float32 either way. Accuracy against float32 (docs/cuda.md): the same
+    # detections up to ~1e-2 in scores and box values. Training precision is SOLVER.AMP.ENABLED.
+    _C.MODEL.INFERENCE_DTYPE = "float32"
     # Inference back-end (README, "Deploy"): "torch" (eager), or "onnxruntime" / "openvino",
     # which run the network (pillar net .. head convolutions) exported by
     # tools/deploy/export_model.py (float or int8); the voxelization and the decode + NMS are the

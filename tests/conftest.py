@@ -3,6 +3,7 @@
 import contextlib
 import logging
 import pytest
+import torch
 
 from detectron2.data import DatasetCatalog
 
@@ -10,6 +11,17 @@ from d2_pillars.data import register_lyft, register_nuscenes
 from d2_pillars.data.datasets import LYFT_SPEC, NUSCENES_SPEC, create_infos
 from d2_pillars.modeling.backbone import REGNETX_PRESETS
 from d2_pillars.synthetic import make_synthetic_lyft, make_synthetic_nuscenes
+
+
+def pytest_collection_modifyitems(config, items):
+    """Skip the ``cuda``-marked tests (setup.cfg) where CUDA is not available."""
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs CUDA (torch.cuda.is_available() is False)")
+    for item in items:
+        if item.get_closest_marker("cuda") is not None:
+            item.add_marker(skip)
+
 
 # fmt -> (generator, info spec, version, (val split, train split), scene split, register)
 _FORMATS = {

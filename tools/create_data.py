@@ -7,28 +7,51 @@
     python tools/create_data.py lyft --root datasets/synthetic_lyft --version v1.01-train \\
         --scene-split last20
     python tools/create_data.py lyft --root datasets/lyft --version v1.01-train --check
+    python tools/create_data.py custom --root ROOT [--base-config CFG] [--check]
 
 Writes ``{root}/{dataset}_infos_{split}.pkl`` per split (``--out`` changes the folder).
 ``--check`` only lists the missing or corrupt LiDAR files (keyframes and sweeps) and exits
 with status 1 if there are any.
+
+``custom`` (own data, README "Your own LiDAR data"): ROOT/points/<id>.<bin|npy|pcd|ply|las|laz>,
+ROOT/labels/<id>.txt (``x y z dx dy dz yaw class``), optional ROOT/splits/{train,val}.txt and
+ROOT/dataset.yaml. Reads and checks every file, then writes ROOT/d2_pillars/ (info files,
+datasets.json, config.yaml derived from --base-config) and prints a summary table. Every broken
+file is listed with its reason, and then nothing is written (exit status 1); ``--check`` writes
+nothing in any case.
 """
 import argparse
 import logging
 import sys
 
 from d2_pillars.data.datasets import DATASET_SPECS, check_dataset_files, create_infos
+from d2_pillars.engine.own_data import DEFAULT_BASE_CONFIG, create_custom_data
 
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("dataset", choices=sorted(DATASET_SPECS))
+    parser.add_argument("dataset", choices=sorted(DATASET_SPECS) + ["custom"])
     parser.add_argument("--root", required=True, help="dataset root (the devkit's dataroot)")
     parser.add_argument(
         "--version",
-        required=True,
-        help="nuScenes: v1.0-trainval | v1.0-mini | v1.0-test; Lyft: v1.01-train | v1.01-test",
+        default=None,
+        help="nuScenes: v1.0-trainval | v1.0-mini | v1.0-test; Lyft: v1.01-train | v1.01-test "
+        "(required for both; not used by custom)",
+    )
+    parser.add_argument(
+        "--base-config",
+        default=None,
+        help=f"custom: the config whose architecture and solver the written config keeps "
+        f"(default {DEFAULT_BASE_CONFIG})",
+    )
+    parser.add_argument(
+        "--point-dim",
+        type=int,
+        default=None,
+        help="custom: float32 values per point of the .bin files (default: dataset.yaml "
+        "point_dim, else 4)",
     )
     parser.add_argument("--max-sweeps", type=int, default=10, help="previous sweeps per keyframe")
     parser.add_argument("--out", default=None, help="folder of the info files (default: --root)")
@@ -43,6 +66,10 @@ def parse_args(argv=None):
     )
     parser.add_argument("--quiet", action="store_true", help="no devkit messages / progress bar")
     args = parser.parse_args(argv)
+    if args.dataset == "custom":
+        return args
+    if args.version is None:
+        parser.error(f"{args.dataset} needs --version")
     spec = DATASET_SPECS[args.dataset]
     if args.version not in spec.versions:
         parser.error(f"{args.dataset} versions are {', '.join(spec.versions)}; got {args.version}")
@@ -52,6 +79,14 @@ def parse_args(argv=None):
 def main(argv=None):
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    if args.dataset == "custom":
+        return create_custom_data(
+            args.root,
+            base_config=args.base_config,
+            check=args.check,
+            point_dim=args.point_dim,
+            progress=not args.quiet,
+        )
     spec = DATASET_SPECS[args.dataset]
     if args.check:
         n, problems = check_dataset_files(spec, args.root, args.version, verbose=not args.quiet)

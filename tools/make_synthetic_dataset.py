@@ -6,6 +6,7 @@ real data:
 
     python tools/make_synthetic_dataset.py --format nuscenes --out datasets/synthetic_nuscenes
     python tools/make_synthetic_dataset.py --format lyft --out datasets/synthetic_lyft
+    python tools/make_synthetic_dataset.py --format custom --out datasets/synthetic_custom
 
 nuScenes: ``v1.0-mini`` tables with the real mini scene names (8 train / 2 val), keyframes at 2 Hz
 with 9 sweeps between them. Lyft: ``v1.01-train`` under ``OUT/v1.01-train``. Re-running with the
@@ -17,17 +18,22 @@ import logging
 import os
 import time
 
-from d2_pillars.synthetic import MARKER_NAME, make_synthetic_dataset
+from d2_pillars.synthetic import MARKER_NAME, make_synthetic_custom, make_synthetic_dataset
 
 
 def main():
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--format", required=True, choices=("nuscenes", "lyft"))
+    parser.add_argument("--format", required=True, choices=("nuscenes", "lyft", "custom"))
     parser.add_argument("--out", required=True, help="output folder (the dataset root)")
     parser.add_argument("--scenes", type=int, default=10, help="number of scenes")
-    parser.add_argument("--keyframes", type=int, default=40, help="keyframes (samples) per scene")
+    parser.add_argument(
+        "--keyframes",
+        type=int,
+        default=None,
+        help="keyframes (samples) per scene (default 40; custom: 20)",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
         "--version", default=None, help="nuScenes: v1.0-mini (default) or v1.0-trainval"
@@ -47,11 +53,23 @@ def main():
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     start = time.perf_counter()
+    if args.format == "custom":
+        root = make_synthetic_custom(
+            args.out,
+            num_scenes=args.scenes,
+            keyframes_per_scene=args.keyframes or 20,
+            seed=args.seed,
+            num_beams=args.beams,
+            azimuth_steps=args.azimuth_steps,
+            force=args.force,
+        )
+        print(json.dumps({"root": root, "seconds": round(time.perf_counter() - start, 2)}))
+        return
     root = make_synthetic_dataset(
         args.format,
         args.out,
         num_scenes=args.scenes,
-        keyframes_per_scene=args.keyframes,
+        keyframes_per_scene=args.keyframes or 40,
         seed=args.seed,
         version=args.version,
         num_beams=args.beams,

@@ -12,6 +12,11 @@ columns are picked by name (``INPUT.POINT_FEATURES``) from the file columns and 
   same matrix product, so every point is transformed exactly once.
 
 Each file is read once (``np.fromfile``) and each point written once into the output array.
+
+Files of other formats (``.npy``, ``.pcd``, ``.ply``, ``.las``/``.laz``; see ``point_files.py``),
+and any file of a record with ``point_file`` options (own data: ``point_dim``, ``columns``,
+intensity scales, the LAS ``offset``), are read by ``point_files.read_point_file`` into
+``x, y, z, intensity`` and padded with zero columns (e.g. ``ring``) up to ``load_dim``.
 """
 
 import logging
@@ -19,6 +24,8 @@ import numpy as np
 import os
 from typing import List, Optional, Sequence, Tuple
 import torch
+
+from .point_files import PointFileError, point_file_format, read_point_file
 
 __all__ = [
     "FILE_COLUMNS",
@@ -36,10 +43,6 @@ FILE_COLUMNS = ("x", "y", "z", "intensity", "ring")
 TIME_LAG = "time_lag"
 
 
-class PointFileError(ValueError):
-    """A LiDAR file is missing or has a size that is not a whole number of points."""
-
-
 def _file_column_names(load_dim: int) -> Tuple[str, ...]:
     if load_dim < 3:
         raise ValueError(f"LiDAR files need at least x, y, z per point; got load_dim={load_dim}")
@@ -47,13 +50,38 @@ def _file_column_names(load_dim: int) -> Tuple[str, ...]:
     return (FILE_COLUMNS + extra)[:load_dim]
 
 
-def load_lidar_file(path: str, load_dim: int = 5) -> np.ndarray:
-    """Read a LiDAR file of float32 values into an ``(N, load_dim)`` array.
+_warned_no_intensity = False
+
+
+def _load_point_file(path: str, load_dim: int, options: Optional[dict]) -> np.ndarray:
+    global _warned_no_intensity
+    pf = read_point_file(path, **(options or {}))
+    if not pf.has_intensity and not _warned_no_intensity:
+        _warned_no_intensity = True
+        logger.warning("%s has no intensity field: its intensity is 0 (warned once)", path)
+    if pf.num_dropped:
+        logger.warning("Dropped %d points with NaN/inf values from %s", pf.num_dropped, path)
+    points = pf.points
+    if load_dim <= points.shape[1]:
+        return np.ascontiguousarray(points[:, :load_dim])
+    pad = np.zeros((points.shape[0], load_dim - points.shape[1]), dtype=np.float32)
+    return np.concatenate([points, pad], axis=1)
+
+
+def load_lidar_file(path: str, load_dim: int = 5, options: Optional[dict] = None) -> np.ndarray:
+    """Read a LiDAR file into an ``(N, load_dim)`` float32 array.
+
+    A ``.bin`` without ``options`` is a raw float32 file of ``load_dim`` values per point
+    (nuScenes, Lyft). Other formats, and files with ``options`` (the keywords of
+    ``point_files.read_point_file``, as own-data records store them), give ``x, y, z, intensity``
+    padded with zero columns to ``load_dim`` (or cut to it).
 
     Raises:
         PointFileError: the file is missing, or its size is not a multiple of ``4 * load_dim``
-            bytes (a truncated or corrupt file).
+            bytes (a truncated or corrupt file), or (other formats) it cannot be read.
     """
+    if options is not None or point_file_format(path) not in (None, "bin"):
+        return _load_point_file(path, load_dim, options)
     try:
         f = open(path, "rb")
     except FileNotFoundError:
@@ -137,7 +165,8 @@ def load_points(
     """Merge a keyframe and its sweeps into one cloud in the keyframe LiDAR frame.
 
     Args:
-        record: a dataset dict (absolute ``lidar_path``, ``timestamp`` (s), ``sweeps``).
+        record: a dataset dict (absolute ``lidar_path``, ``timestamp`` (s), ``sweeps``; own-data
+            records also ``point_file``, the reader options of their files).
         point_features: output column names (x, y, z first).
         load_dim: float32 values per point in the files.
         num_sweeps: at most this many sweeps (0: keyframe only).
@@ -153,9 +182,10 @@ def load_points(
         first. Points with a NaN or infinite value are dropped, with a warning.
     """
     cols = feature_columns(point_features, load_dim)
-    clouds = [(load_lidar_file(record["lidar_path"], load_dim), None, 0.0)]
+    options = record.get("point_file")
+    clouds = [(load_lidar_file(record["lidar_path"], load_dim, options), None, 0.0)]
     for sweep in select_sweeps(record.get("sweeps", ()), num_sweeps, sweep_rng):
-        pts = load_lidar_file(sweep["lidar_path"], load_dim)
+        pts = load_lidar_file(sweep["lidar_path"], load_dim, options)
         if remove_close_radius > 0:
             pts = _remove_close(pts, remove_close_radius)
         clouds.append((pts, sweep["sweep2lidar"], record["timestamp"] - sweep["timestamp"]))

@@ -10,6 +10,7 @@ from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
 from ..config import add_pillars_config
+from ..data.datasets.custom import register_custom_dataset
 from .device import check_training_device
 from .trainer import PillarsTrainer, load_model_weights
 
@@ -39,6 +40,8 @@ def argument_parser():
 
 def load_config(config_file="", opts=()):
     """A frozen-free config: detectron2 defaults + d2_pillars keys + file + overrides.
+
+    With ``DATASETS.CUSTOM_ROOT`` set, the own-data splits of that root are registered.
 
     Unknown keys in the file or the overrides raise a ``KeyError`` that names the file.
     """
@@ -71,6 +74,9 @@ def load_config(config_file="", opts=()):
             f"command-line override: {e.args[0] if e.args else e}. Check the key's spelling "
             "against d2_pillars/config.py and detectron2's defaults."
         ) from None
+    if cfg.DATASETS.CUSTOM_ROOT:
+        # Own data: its splits are named in the config, registered from the root's index.
+        register_custom_dataset(cfg.DATASETS.CUSTOM_ROOT)
     return cfg
 
 

@@ -220,17 +220,18 @@ def build_sample_loader(
     """A :class:`SampleLoader` for a registered dataset, with predictions from a model
     (``config_file`` + ``opts``, e.g. ``["MODEL.WEIGHTS", "model.pth"]``), a results file, or
     none. ``num_sweeps`` defaults to the config's ``INPUT.NUM_SWEEPS`` (10 without a config)."""
+    if config_file and results_file:
+        raise ValueError("pass either a model (--config-file) or a results file (--results)")
+    # Loading the config first registers the own-data splits it names (DATASETS.CUSTOM_ROOT).
+    cfg = load_config(config_file, opts) if (config_file or opts) else None
     if dataset_name not in DatasetCatalog.list():
         known = ", ".join(sorted(n for n in DatasetCatalog.list() if "coco" not in n))
         raise KeyError(f"Dataset '{dataset_name}' is not registered. Registered: {known}")
-    if config_file and results_file:
-        raise ValueError("pass either a model (--config-file) or a results file (--results)")
     meta = MetadataCatalog.get(dataset_name)
     class_names = list(meta.get("thing_classes", []))
     dicts = DatasetCatalog.get(dataset_name)
     predictions = None
-    if config_file or opts:
-        cfg = load_config(config_file, opts)
+    if cfg is not None:
         if list(cfg.DATASETS.CLASS_NAMES) != class_names:
             raise ValueError(
                 f"the model's DATASETS.CLASS_NAMES {list(cfg.DATASETS.CLASS_NAMES)} differ from "

@@ -5,14 +5,22 @@ Semantics are those of detectron2 / torchvision: boxes are visited by decreasing
 is suppressed when its IoU with an already kept box is **greater than** the threshold.
 
 When the installed detectron2 has its compiled ``nms_rotated`` it is used; otherwise the torch
-implementation here runs (CPU or CUDA):
+implementation here runs, in one of two forms that give the same result:
 
-1. the pairs whose IoU exceeds the threshold are found once, with the exact rotated IoU of
-   :mod:`.rotated_iou` evaluated only on pairs whose bounding circles overlap, whose areas are
-   within the threshold's factor (:func:`nms_candidate_pairs`) and whose cheap IoU upper bound
-   exceeds the threshold (a sparse graph);
-2. the greedy pass walks the boxes by score on the CPU with numpy, touching only boxes that have
-   at least one such neighbour; boxes without neighbours are kept without any Python work.
+* host greedy (boxes on a device of :data:`HOST_GREEDY_DEVICES`, the CPU):
+
+  1. the pairs whose IoU exceeds the threshold are found once, with the exact rotated IoU of
+     :mod:`.rotated_iou` evaluated only on pairs whose bounding circles overlap, whose areas are
+     within the threshold's factor (:func:`nms_candidate_pairs`) and whose cheap IoU upper bound
+     exceeds the threshold (a sparse graph);
+  2. the greedy pass walks the boxes by score with numpy, touching only boxes that have at least
+     one such neighbour; boxes without neighbours are kept without any Python work.
+
+* on the device (CUDA and any other device): the same sparse graph from fixed-size blocks of
+  dense pair tests (:func:`overlap_pairs_dense`), then the greedy result as the fixed point of a
+  vectorised iteration over the graph's edges (:func:`greedy_fixed_point`), every class at once.
+  No numpy, no per-class loop: a handful of host synchronisations (one per block of rows, one per
+  four iterations) instead of one per Python step.
 
 For several classes the graph is built within each class only (classes never suppress each other),
 and ``multiclass_nms_rotated_bev`` shares one graph between all classes because the boxes are
@@ -24,7 +32,22 @@ import torch
 
 from .rotated_iou import bev_to_d2_rotated, compiled_detectron2_extension, iou_of_pairs
 
-__all__ = ["nms_rotated_bev", "batched_nms_rotated_bev", "multiclass_nms_rotated_bev"]
+__all__ = [
+    "nms_rotated_bev",
+    "batched_nms_rotated_bev",
+    "multiclass_nms_rotated_bev",
+    "overlap_pairs_dense",
+    "greedy_fixed_point",
+    "HOST_GREEDY_DEVICES",
+]
+
+#: Device types whose NMS runs the host (numpy) greedy pass; the others run the vectorised
+#: on-device form. Both give the same kept boxes.
+HOST_GREEDY_DEVICES = ("cpu",)
+
+
+def _host_greedy(boxes):
+    return boxes.device.type in HOST_GREEDY_DEVICES
 
 
 @functools.lru_cache(maxsize=None)
@@ -273,6 +296,8 @@ def nms_rotated_bev(boxes, scores, iou_threshold):
         from detectron2.layers import nms_rotated
 
         return nms_rotated(bev_to_d2_rotated(boxes.float()), scores.float(), iou_threshold)
+    if not _host_greedy(boxes):
+        return _nms_on_device(boxes.detach(), scores.detach(), iou_threshold)
     order = torch.argsort(scores.detach().cpu(), descending=True, stable=True).numpy()
     keep = _greedy(order, boxes.shape[0], overlap_graph(boxes.detach(), iou_threshold))
     return torch.from_numpy(keep).to(boxes.device)
@@ -299,6 +324,8 @@ def batched_nms_rotated_bev(boxes, scores, idxs, iou_threshold):
         return batched_nms_rotated(
             bev_to_d2_rotated(boxes.float()), scores.float(), idxs, iou_threshold
         )
+    if not _host_greedy(boxes):
+        return _nms_on_device(boxes.detach(), scores.detach(), iou_threshold, groups=idxs)
     # No pair crosses categories, so one greedy pass in global score order equals per-category NMS.
     order = torch.argsort(scores.detach().cpu(), descending=True, stable=True).numpy()
     graph = overlap_graph(boxes.detach(), iou_threshold, groups=idxs)
@@ -343,8 +370,12 @@ def multiclass_nms_rotated_bev(boxes, scores, score_thresh, iou_threshold, max_n
             iou_threshold,
         )
         keep_box, keep_label = box_idx[keep], labels[keep]
-    else:
+    elif _host_greedy(boxes):
         keep_box, keep_label = _multiclass_torch(boxes, scores, cand, iou_threshold)
+    else:
+        keep_box, keep_label = _multiclass_on_device(
+            boxes.detach(), scores.detach(), cand, iou_threshold
+        )
     keep_score = scores[keep_box, keep_label]
     # Rank by score; ties by class then box index (a stable sort of a (class, box) ordered list).
     tie_order = torch.argsort(keep_label * boxes.shape[0] + keep_box)
@@ -388,3 +419,124 @@ def _multiclass_torch(boxes, scores, cand, iou_threshold):
         torch.cat(keep_boxes).to(boxes.device),
         torch.cat(keep_labels).to(boxes.device),
     )
+
+
+# ------------------------------------------------------------------------------------------ #
+# On-device form: dense pair tests in fixed blocks, greedy NMS as a fixed point
+# ------------------------------------------------------------------------------------------ #
+# Elements of one (rows x N) block of the dense pair tests (~10 float32 temporaries each).
+_DENSE_BLOCK = 1 << 22
+
+
+def overlap_pairs_dense(boxes, iou_threshold, groups=None):
+    """Pairs ``(i, j)``, ``i < j``, of boxes with IoU > ``iou_threshold`` (and equal ``groups``),
+    found with device-side tensor operations only.
+
+    Rows are tested against all boxes in blocks of a fixed size (bounding circles overlap, areas
+    within the threshold's factor, same group), one ``nonzero`` per block; the cheap upper bound
+    (:func:`iou_upper_bound_of_pairs`) then the exact IoU run on the hits. The same pairs as
+    :func:`overlap_graph` (both test supersets of the IoU > threshold pairs, and the exact IoU is
+    the same function on the same values).
+
+    Args:
+        boxes: (N, 5) BEV boxes ``(x, y, l, w, yaw)`` (m, rad).
+        iou_threshold: float in [0, 1].
+        groups: optional (N,) integer tensor on the boxes' device.
+
+    Returns:
+        ``(i, j)``: two (E,) int64 tensors on the boxes' device.
+    """
+    boxes = boxes.float() if boxes.dtype not in (torch.float32, torch.float64) else boxes
+    device, n = boxes.device, boxes.shape[0]
+    empty = torch.zeros(0, dtype=torch.long, device=device)
+    if n < 2:
+        return empty, empty
+    x, y = boxes[:, 0], boxes[:, 1]
+    r = 0.5 * torch.hypot(boxes[:, 2], boxes[:, 3])
+    area = (boxes[:, 2] * boxes[:, 3]).abs()
+    ratio = float(iou_threshold) - _BOUND_MARGIN
+    cols = torch.arange(n, device=device)
+    rows = max(1, _DENSE_BLOCK // n)
+    pairs_i, pairs_j = [], []
+    for start in range(0, n - 1, rows):
+        stop = min(start + rows, n)
+        sl = slice(start, stop)
+        dx, dy = x[sl, None] - x[None, :], y[sl, None] - y[None, :]
+        reach = r[sl, None] + r[None, :]
+        # bounding circles overlap (relative tolerance: a superset of the overlapping pairs)
+        hit = (dx * dx + dy * dy) <= reach * reach * (1.0 + 1e-6) + 1e-12
+        hit &= cols[None, :] > cols[sl, None]
+        if ratio > 0:
+            # IoU <= min(A, B) / max(A, B)
+            lo = torch.minimum(area[sl, None], area[None, :])
+            hi = torch.maximum(area[sl, None], area[None, :])
+            hit &= lo >= hi * (ratio * (1.0 - 1e-6))
+        if groups is not None:
+            hit &= groups[sl, None] == groups[None, :]
+        ii, jj = hit.nonzero(as_tuple=True)
+        pairs_i.append(ii + start)
+        pairs_j.append(jj)
+    i, j = torch.cat(pairs_i), torch.cat(pairs_j)
+    maybe = iou_upper_bound_of_pairs(boxes, i, j) > iou_threshold - _BOUND_MARGIN
+    i, j = i[maybe], j[maybe]
+    if i.numel() == 0:
+        return i, j
+    hit = iou_of_pairs(boxes[i], boxes[j]) > iou_threshold
+    return i[hit], j[hit]
+
+
+def greedy_fixed_point(candidates, scores, i, j, check_every=4):
+    """Greedy NMS of every column (class) at once, on a graph of overlapping pairs.
+
+    In column ``c`` the candidates are visited by decreasing ``scores[:, c]`` (ties: lower index
+    first) and each kept box suppresses its later neighbours. That result is the unique fixed
+    point of ``keep[b] = candidate[b] and no kept neighbour of b comes before b``: every box's
+    decision depends on earlier boxes only. Iterating the map from "all candidates kept" fixes,
+    after ``t`` steps, every box whose longest chain of earlier neighbours is shorter than ``t``,
+    so it converges in at most (longest chain + 1) steps; a step is a few vectorised operations on
+    the (E, C) edge-class pairs. Convergence is checked every ``check_every`` steps (one host
+    synchronisation each).
+
+    Args:
+        candidates: (N, C) bool, box b is a candidate of class c.
+        scores: (N, C) float.
+        i, j: (E,) int64 overlapping pairs with ``i < j``.
+
+    Returns:
+        (N, C) bool: kept (box, class) pairs.
+    """
+    keep = candidates.clone()
+    if i.numel() == 0:
+        return keep
+    si, sj = scores[i], scores[j]  # (E, C)
+    live = candidates[i] & candidates[j]
+    i_first = live & (si >= sj)  # i < j: ties go to i
+    j_first = live & (sj > si)
+    while True:
+        for _ in range(check_every):
+            previous = keep
+            # suppression count of each (box, class) by kept earlier neighbours
+            hits = torch.zeros(keep.shape, dtype=torch.int32, device=keep.device)
+            hits.index_add_(0, j, (i_first & keep[i]).to(torch.int32))
+            hits.index_add_(0, i, (j_first & keep[j]).to(torch.int32))
+            keep = candidates & (hits == 0)
+        if torch.equal(keep, previous):
+            return keep
+
+
+def _nms_on_device(boxes, scores, iou_threshold, groups=None):
+    """Single-class (or per-group) NMS on the boxes' device; kept indices by decreasing score."""
+    i, j = overlap_pairs_dense(boxes, iou_threshold, groups=groups)
+    candidates = torch.ones(boxes.shape[0], 1, dtype=torch.bool, device=boxes.device)
+    keep = greedy_fixed_point(candidates, scores.float()[:, None], i, j)[:, 0]
+    order = torch.argsort(scores, descending=True, stable=True)
+    return order[keep[order]]
+
+
+def _multiclass_on_device(boxes, scores, cand, iou_threshold):
+    """Kept (box, class) pairs of the per-class NMS, shared graph, all classes at once."""
+    members = cand.any(dim=1).nonzero(as_tuple=True)[0]
+    i, j = overlap_pairs_dense(boxes[members], iou_threshold)
+    keep = greedy_fixed_point(cand[members], scores[members], i, j)
+    box, label = keep.nonzero(as_tuple=True)
+    return members[box], label

@@ -294,8 +294,8 @@ class Anchor3DHead(nn.Module):
             labels = all_classes[matches]
         else:
             labels = torch.zeros_like(matches)
-        labels[match_labels == 0] = self.num_classes
-        labels[match_labels == -1] = -1
+        labels = labels.masked_fill(match_labels == 0, self.num_classes)
+        labels = labels.masked_fill(match_labels == -1, -1)
         return labels.view(len(gt_boxes), num_anchors), matches.view(len(gt_boxes), num_anchors)
 
     def losses(

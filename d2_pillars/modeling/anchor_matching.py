@@ -87,15 +87,18 @@ def match_pairs(
 
     Returns:
         matches (Tensor): (num_slots,) int64 matched GT index; labels (Tensor): (num_slots,) int8.
+        A slot whose best IoU several GTs share is matched to the highest GT index of them.
+
+    Written with masks and scatters, without compacting the pairs (no host synchronisation on a
+    device): pairs of IoU 0 change no maximum.
     """
-    keep = iou > 0
-    g, a, iou = gt_idx[keep], slot_idx[keep], iou[keep]
+    g, a = gt_idx, slot_idx
     best = iou.new_zeros(num_slots).scatter_reduce_(0, a, iou, "amax", include_self=True)
     # The labels depend on each anchor's best IoU only: run the matcher on that row.
     _, labels = matcher(best[None, :])
+    is_best = (iou == best[a]) & (iou > 0)
     matches = torch.zeros(num_slots, dtype=torch.int64, device=iou.device)
-    is_best = iou == best[a]
-    matches[a[is_best]] = g[is_best]
+    matches.scatter_reduce_(0, a, torch.where(is_best, g, 0), "amax", include_self=True)
     if low_quality_min_iou is not None:
         _add_low_quality_matches(matches, labels, g, a, iou, num_gt, low_quality_min_iou)
     return matches, labels
@@ -103,15 +106,22 @@ def match_pairs(
 
 def _add_low_quality_matches(matches, labels, g, a, iou, num_gt, floor):
     """In place: each GT's best anchors (ties included) become positive matches of that GT when
-    its best IoU is >= floor; ``(g, a, iou)`` lists every pair with IoU > 0."""
-    keep = iou >= floor
-    g, a, iou = g[keep], a[keep], iou[keep]
+    its best IoU is >= floor; ``(g, a, iou)`` lists every pair with IoU > 0 (pairs of IoU 0 may be
+    listed too). An anchor that is the best of several GTs is matched to the highest of them.
+    Masks and scatters only (no compaction: no host synchronisation on a device)."""
     if iou.numel() == 0:
         return
-    best = iou.new_zeros(num_gt).scatter_reduce_(0, g, iou, "amax", include_self=True)
-    tie = iou == best[g]
-    labels[a[tie]] = 1
-    matches[a[tie]] = g[tie]
+    eligible = (iou >= floor) & (iou > 0)
+    best = iou.new_zeros(num_gt).scatter_reduce_(
+        0, g, torch.where(eligible, iou, 0), "amax", include_self=True
+    )
+    tie = eligible & (iou == best[g])
+    tie_gt = torch.full_like(matches, -1).scatter_reduce_(
+        0, a, torch.where(tie, g, -1), "amax", include_self=True
+    )
+    hit = tie_gt >= 0
+    labels.masked_fill_(hit, 1)
+    matches.copy_(torch.where(hit, tie_gt, matches))
 
 
 def _match_dense(matcher, gt_bev, anchor_bev, low_quality_min_iou):

@@ -16,9 +16,12 @@ from .backbone import check_in_features
 from .pillar_encoder import build_pillar_encoder
 from .pillar_scatter import PillarScatter
 
-__all__ = ["PointPillars"]
+__all__ = ["PointPillars", "INFERENCE_DTYPES"]
 
 logger = logging.getLogger(__name__)
+
+#: ``MODEL.INFERENCE_DTYPE`` values and their torch dtypes.
+INFERENCE_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
 @META_ARCH_REGISTRY.register()
@@ -37,6 +40,10 @@ class PointPillars(nn.Module):
     Output: in training a dict ``{"loss_cls", "loss_box_reg", "loss_dir"}``; in inference a list
     ``[{"instances": Instances(image_size=(ny, nx), pred_boxes3d, scores, pred_classes)}]``
     with boxes in the keyframe LiDAR frame.
+
+    Host-to-device copies of the inputs are ``non_blocking`` (asynchronous from the pinned
+    batches of a CUDA data loader). At inference the network runs under ``torch.autocast`` when
+    ``inference_dtype`` is not float32; the decoding and NMS always run in float32.
     """
 
     @configurable
@@ -49,6 +56,7 @@ class PointPillars(nn.Module):
         head: nn.Module,
         head_in_features: List[str],
         channels_last: bool = False,
+        inference_dtype: str = "float32",
     ):
         """
         Args:
@@ -61,8 +69,16 @@ class PointPillars(nn.Module):
             head_in_features (list[str]): backbone outputs fed to the head, finest first.
             channels_last (bool): convert the backbone and head weights to
                 ``torch.channels_last`` (the scatter should then output channels-last too).
+            inference_dtype (str): "float32", "float16" or "bfloat16" (:data:`INFERENCE_DTYPES`):
+                the autocast dtype of the network at inference.
         """
         super().__init__()
+        if inference_dtype not in INFERENCE_DTYPES:
+            raise ValueError(
+                f"MODEL.INFERENCE_DTYPE must be one of {sorted(INFERENCE_DTYPES)}, got "
+                f"{inference_dtype!r} (d2_pillars/config.py)"
+            )
+        self.inference_dtype = inference_dtype
         self.pillar_encoder = pillar_encoder
         self.scatter = scatter
         self.backbone = backbone
@@ -97,6 +113,7 @@ class PointPillars(nn.Module):
             "head": head,
             "head_in_features": in_features,
             "channels_last": cfg.MODEL.CHANNELS_LAST,
+            "inference_dtype": cfg.MODEL.INFERENCE_DTYPE,
         }
 
     @property
@@ -121,9 +138,9 @@ class PointPillars(nn.Module):
                 )
             batch.append(
                 (
-                    x["voxels"].to(device, torch.float32),
-                    x["voxel_coords"].to(device),
-                    x["voxel_num_points"].to(device),
+                    x["voxels"].to(device, torch.float32, non_blocking=True),
+                    x["voxel_coords"].to(device, non_blocking=True),
+                    x["voxel_num_points"].to(device, non_blocking=True),
                 )
             )
         voxels, coords, num_points = collate_voxels(batch)
@@ -137,6 +154,28 @@ class PointPillars(nn.Module):
         Returns:
             dict[str, Tensor] in training, list[dict] with "instances" in inference.
         """
+        if self.training:
+            predictions, grid_sizes, _ = self._network(batched_inputs)
+            gt_boxes, gt_classes = self._ground_truth(batched_inputs)
+            return self.head.losses(grid_sizes, *predictions, gt_boxes, gt_classes)
+        device_type = self.device.type
+        dtype = INFERENCE_DTYPES[self.inference_dtype]
+        with torch.autocast(device_type, dtype=dtype, enabled=dtype != torch.float32):
+            predictions, grid_sizes, image_size = self._network(batched_inputs)
+        # decode + NMS in float32, also inside a caller's autocast region
+        predictions = [[p.float() for p in level] for level in predictions]
+        with torch.autocast(device_type, enabled=False):
+            results = self.head.inference(grid_sizes, *predictions, image_size)
+        return [{"instances": r} for r in results]
+
+    def _network(self, batched_inputs: List[Dict]):
+        """Pillars -> pseudo-image -> backbone -> head predictions.
+
+        Returns:
+            predictions (tuple of 3 lists of Tensor): :meth:`Anchor3DHead.forward`'s outputs;
+            grid_sizes (list[tuple[int, int]]): (H, W) of each head level;
+            image_size (tuple[int, int]): (ny, nx) of the pseudo-image.
+        """
         voxels, num_points, coords = self.batch_voxels(batched_inputs)
         pillar_features = self.pillar_encoder(voxels, num_points, coords)
         pseudo_image = self.scatter(pillar_features, coords, len(batched_inputs))
@@ -144,13 +183,7 @@ class PointPillars(nn.Module):
         features = [backbone_features[f] for f in self.head_in_features]
         predictions = self.head(features)
         grid_sizes = [tuple(f.shape[-2:]) for f in features]
-
-        if self.training:
-            gt_boxes, gt_classes = self._ground_truth(batched_inputs)
-            return self.head.losses(grid_sizes, *predictions, gt_boxes, gt_classes)
-        image_size = tuple(pseudo_image.shape[-2:])
-        results = self.head.inference(grid_sizes, *predictions, image_size)
-        return [{"instances": r} for r in results]
+        return predictions, grid_sizes, tuple(pseudo_image.shape[-2:])
 
     def _ground_truth(self, batched_inputs: List[Dict]) -> Tuple[List[LiDARBoxes], List[Tensor]]:
         """Per-sample GT boxes and labels on :attr:`device`; boxes with label < 0 are dropped."""
@@ -162,9 +195,11 @@ class PointPillars(nn.Module):
                     f"batched_inputs[{i}] has no 'gt_boxes3d'/'gt_classes': training needs "
                     "annotated samples (build the train loader with is_train=True)"
                 )
+            # checked and filtered where the mapper made them (the host), so that the device
+            # never waits for them; then copied asynchronously
             b = x["gt_boxes3d"]
-            b = b.to(self.device) if isinstance(b, LiDARBoxes) else LiDARBoxes(b).to(self.device)
-            c = torch.as_tensor(x["gt_classes"], dtype=torch.int64, device=self.device)
+            b = b if isinstance(b, LiDARBoxes) else LiDARBoxes(b)
+            c = torch.as_tensor(x["gt_classes"], dtype=torch.int64)
             if len(b) != c.shape[0]:
                 raise ValueError(
                     f"batched_inputs[{i}]: {len(b)} gt_boxes3d but {c.shape[0]} gt_classes"
@@ -175,6 +210,6 @@ class PointPillars(nn.Module):
                     "MODEL.ANCHOR3D_HEAD.NUM_CLASSES must match DATASETS.CLASS_NAMES"
                 )
             keep = c >= 0
-            boxes.append(b[keep])
-            classes.append(c[keep])
+            boxes.append(b[keep].to(self.device, non_blocking=True))
+            classes.append(c[keep].to(self.device, non_blocking=True))
         return boxes, classes

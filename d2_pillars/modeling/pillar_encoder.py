@@ -85,8 +85,11 @@ def weighted_batch_norm(norm, x, pad, pad_counts, total_rows):
         total_rows (int): ``P + sum(pad_counts)`` (V * M).
 
     Returns:
-        tuple[Tensor, Tensor]: normalised ``x`` (P, C) and ``pad`` (Q, C), float32.
+        tuple[Tensor, Tensor]: normalised ``x`` (P, C) and ``pad`` (Q, C) in the dtype of ``x``
+        (under autocast: the autocast dtype, as ``nn.BatchNorm1d`` returns); the statistics and
+        the normalisation are computed in float32.
     """
+    dtype = x.dtype
     x, pad = x.float(), pad.float()
     w = pad_counts.float()[:, None]
     distributed = (
@@ -118,7 +121,7 @@ def weighted_batch_norm(norm, x, pad, pad_counts, total_rows):
     shift = -mean * scale
     if norm.affine:
         shift = shift + norm.bias
-    return x * scale + shift, pad * scale + shift
+    return (x * scale + shift).to(dtype), (pad * scale + shift).to(dtype)
 
 
 def _norm_1d(norm, channels, eps, momentum):
@@ -183,13 +186,21 @@ class PillarFeatureNet(nn.Module):
     128 -> 64). Only the ``num_points`` first slots of each pillar are used: the layers run on the
     ``(sum(num_points), C')`` valid points and a scatter-max returns one row per pillar. In eval
     mode each BN is folded into its linear layer (same result, one pass fewer), and without
-    autograd the points are processed in blocks of ``inference_chunk`` (no (P, C') activation).
+    autograd the points of a CPU forward are processed in blocks of ``inference_chunk`` (no
+    (P, C') activation); on other devices (CUDA) the eval forward is one pass over all points
+    (blocks would be hundreds of tiny kernel launches there).
+
+    Under ``torch.autocast`` the layers run in the autocast dtype and so does the output (the BN
+    statistics of training are float32); the decoration (offsets) stays float32.
     """
 
     # Points per block of the no-grad eval forward (``_inference_blocked``): 8192 x 64 float32
     # activations (2 MB) stay in cache; 8192 measured fastest on the CPU (4096: same, 16384:
     # +10%, 32768 and more: as slow as unblocked).
     inference_chunk = 8192
+    # Device types whose no-grad eval forward uses the blocks (a CPU cache size); elsewhere
+    # one pass.
+    blocked_inference_devices = ("cpu",)
 
     @configurable
     def __init__(
@@ -347,7 +358,11 @@ class PillarFeatureNet(nn.Module):
         if self.padded_slots:
             pad_ids = (num_points < max_points).nonzero(as_tuple=True)[0]
             pad_counts = (max_points - num_points.index_select(0, pad_ids)).to(voxels.dtype)
-        if not self.training and not torch.is_grad_enabled():
+        if (
+            not self.training
+            and not torch.is_grad_enabled()
+            and points.device.type in self.blocked_inference_devices
+        ):
             return self._inference_blocked(points, pillar_ids, num_points, coords, pad_ids)
         x = self.decorate(points, pillar_ids, num_points, coords)
         # the virtual padded rows: zero decorated features, as the reference masks them
@@ -405,7 +420,7 @@ class PillarFeatureNet(nn.Module):
                 # linear([x, pillar_max[ids]]) = x @ W_x^T + (pillar_max @ W_max^T + b)[ids]
                 c = weight.shape[1] // 2
                 pillar_terms.append(F.linear(pillar_max, weight[:, c:], bias))
-            out = points.new_zeros(num_voxels, weight.shape[0])
+            out = None  # (V, C') in the dtype of the layers' output (autocast's, if enabled)
             for start in range(0, points.shape[0], chunk):
                 ids = pillar_ids[start : start + chunk]
                 x = self._decorate(points[start : start + chunk], ids, refs)
@@ -417,12 +432,14 @@ class PillarFeatureNet(nn.Module):
                         term = pillar_terms[m - 1].index_select(0, ids)
                         x = torch.addmm(term, x, w[:, : x.shape[1]].t())
                     x = F.relu(x, inplace=True)
+                if out is None:
+                    out = x.new_zeros(num_voxels, weight.shape[0])
                 # ReLU outputs are >= 0, so the zero initial value never wins a non-empty max
                 out.scatter_reduce_(0, ids[:, None].expand(-1, x.shape[1]), x, "amax")
             if pad_ids is not None and pad_ids.numel() > 0:
                 # the padded row of layer k: zeros through layer 0, then [pad, pillar max]
                 if k == 0:
-                    pad = F.relu(bias).expand(pad_ids.shape[0], -1).contiguous()
+                    pad = F.relu(bias).to(out.dtype).expand(pad_ids.shape[0], -1).contiguous()
                 else:
                     term = pillar_terms[k - 1].index_select(0, pad_ids)
                     pad = F.relu(torch.addmm(term, pad, weight[:, : pad.shape[1]].t()))

@@ -131,6 +131,14 @@ class LiDARBoxes:
         bottom[:, 2] -= self.tensor[:, 5] / 2
         return bottom
 
+    @classmethod
+    def from_bottom_center(cls, tensor) -> "LiDARBoxes":
+        """Boxes from ``(x, y, z_bottom, l, w, h, yaw[, vx, vy])`` rows whose z is the centre of
+        the bottom face (mmdetection3d's custom labels): z is raised by h / 2, once."""
+        boxes = cls(torch.as_tensor(tensor, dtype=torch.float32).clone())
+        boxes.tensor[:, 2] += boxes.tensor[:, 5] / 2
+        return boxes
+
     @property
     def dims(self) -> torch.Tensor:
         """(N, 3) sizes (l, w, h)."""

@@ -6,9 +6,11 @@ in ``d2_pillars.data`` needs this package.
 * :mod:`.lidar`: the spinning LiDAR ray-cast against it; :mod:`.geometry`: quaternions;
 * :mod:`.writer`: nuScenes / Lyft tables and point files (:data:`NUSCENES_FORMAT`, ...);
 * :mod:`.dataset`: :func:`make_synthetic_nuscenes`, :func:`make_synthetic_lyft`,
-  :func:`make_synthetic_dataset` (what ``tools/make_synthetic_dataset.py`` and the demo run).
+  :func:`make_synthetic_dataset` (what ``tools/make_synthetic_dataset.py`` and the demo run);
+* :mod:`.custom_format`: :func:`make_synthetic_custom`, the world in the own-data layout.
 """
 
+from .custom_format import make_synthetic_custom
 from .dataset import (
     GENERATOR_VERSION,
     MARKER_NAME,
@@ -23,4 +25,5 @@ __all__ = [
     "make_synthetic_dataset",
     "make_synthetic_lyft",
     "make_synthetic_nuscenes",
+    "make_synthetic_custom",
 ]

@@ -4,9 +4,13 @@ to the golden outputs of ``tests/fixtures/parity`` (copied from ``shared/parity`
 ``repack.py``).
 
 ``measure_parity`` is shared by the tests and by ``python tests/checkpoint/mmdet3d_parity.py``,
-which prints the table of largest differences that the README's model zoo quotes.
+which prints the table of largest differences that the README's model zoo quotes;
+``--inference-dtype bfloat16`` (or float16) measures the same under ``MODEL.INFERENCE_DTYPE``
+(the network under CPU autocast, the figures docs/cuda.md quotes).
 """
 
+import argparse
+import contextlib
 import json
 import math
 import numpy as np
@@ -149,9 +153,16 @@ def match_predictions(pred_boxes, pred_scores, pred_labels, ref_boxes, ref_score
     return worst
 
 
-def build_predictor(name, weights, nms_thresh=None):
+def build_predictor(name, weights, nms_thresh=None, inference_dtype="float32"):
     base = LEGACY_FIXTURES.get(name, name)
-    opts = ["MODEL.WEIGHTS", weights, "MODEL.DEVICE", "cpu"]
+    opts = [
+        "MODEL.WEIGHTS",
+        weights,
+        "MODEL.DEVICE",
+        "cpu",
+        "MODEL.INFERENCE_DTYPE",
+        inference_dtype,
+    ]
     if nms_thresh is not None:
         opts += ["MODEL.ANCHOR3D_HEAD.NMS_THRESH_TEST", str(nms_thresh)]
     cfg = load_config(os.path.join(REPO, FIXTURE_CONFIGS[base]), opts)
@@ -170,9 +181,13 @@ def _convert(src, dst, config, convention):
 
 
 @torch.no_grad()
-def measure_parity(name, workdir, *, losses=True):
+def measure_parity(name, workdir, *, losses=True, inference_dtype="float32"):
     """
     Convert the fixture's reference checkpoint and measure every output against the golden one.
+
+    With ``inference_dtype`` other than float32 the predictor runs with that
+    ``MODEL.INFERENCE_DTYPE`` and the pillar features and head outputs are computed under the
+    same CPU autocast (the losses stay float32, as in training).
 
     Returns:
         dict: voxel checks, max abs / relative differences of the pillar features and the head
@@ -188,7 +203,13 @@ def measure_parity(name, workdir, *, losses=True):
     write_reference_checkpoint(meta, src, "0.1.0" if legacy else meta["mmdet3d_version"])
     rc = _convert(src, dst, os.path.join(REPO, FIXTURE_CONFIGS[base]), "auto")
     assert rc == 0, f"convert_mmdet3d failed for {name}"
-    predictor = build_predictor(name, dst, nms_thresh=1.0 if legacy else None)
+    predictor = build_predictor(
+        name, dst, nms_thresh=1.0 if legacy else None, inference_dtype=inference_dtype
+    )
+    dtype = getattr(torch, inference_dtype)
+    autocast = (
+        torch.autocast("cpu", dtype=dtype) if dtype != torch.float32 else contextlib.nullcontext()
+    )
     model = predictor.model
     result = {}
 
@@ -201,7 +222,11 @@ def measure_parity(name, workdir, *, losses=True):
     result["num_points_in"] = int(inputs["voxel_num_points"].sum())
 
     voxels, num, vcoords = model.batch_voxels([inputs])
-    features = model.pillar_encoder(voxels, num, vcoords)
+    with autocast:
+        features = model.pillar_encoder(voxels, num, vcoords)
+        pseudo = model.scatter(features, vcoords, 1)
+        neck = model.backbone(pseudo)
+    features = features.float()
     first = features[torch.from_numpy(order[:1024])].numpy()
     ref_first = arrays["vfe_first1024"]
     result["vfe_max_abs"] = float(np.abs(first - ref_first).max())
@@ -211,9 +236,7 @@ def measure_parity(name, workdir, *, losses=True):
         np.abs(total - arrays["vfe_channel_sum"]).max(), np.abs(arrays["vfe_channel_sum"]).max()
     )
 
-    pseudo = model.scatter(features, vcoords, 1)
-    neck = model.backbone(pseudo)
-    levels = [neck[f] for f in model.head_in_features]
+    levels = [neck[f].float() for f in model.head_in_features]
     head_rel, neck_rel = 0.0, 0.0
     num_sizes = len(model.head.anchor_generator.sizes)
     for i, x in enumerate(levels):
@@ -228,10 +251,11 @@ def measure_parity(name, workdir, *, losses=True):
             ),
         )
         yx = torch.from_numpy(arrays[f"head{i}_locations_yx"].astype(np.int64))
-        ours = [
-            conv(x)[0][:, yx[:, 0], yx[:, 1]].t().numpy()
-            for conv in (model.head.conv_cls, model.head.conv_reg, model.head.conv_dir)
-        ]
+        with autocast:
+            ours = [
+                conv(x)[0][:, yx[:, 0], yx[:, 1]].t().float().numpy()
+                for conv in (model.head.conv_cls, model.head.conv_reg, model.head.conv_dir)
+            ]
         refs = [arrays[f"head{i}_{k}"] for k in ("cls", "reg", "dir")]
         if legacy:
             refs = _legacy_outputs_to_current(*refs, num_sizes)
@@ -279,8 +303,15 @@ def measure_parity(name, workdir, *, losses=True):
 if __name__ == "__main__":
     import tempfile
 
-    names = sys.argv[1:] or list(FIXTURE_CONFIGS) + list(LEGACY_FIXTURES)
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("names", nargs="*", help="fixtures (default: all)")
+    parser.add_argument(
+        "--inference-dtype", default="float32", choices=["float32", "float16", "bfloat16"]
+    )
+    a = parser.parse_args()
+    names = a.names or list(FIXTURE_CONFIGS) + list(LEGACY_FIXTURES)
     torch.set_num_threads(max(1, os.cpu_count() or 1))
     with tempfile.TemporaryDirectory() as tmp:
         for n in names:
-            print(n, json.dumps(measure_parity(n, tmp)), flush=True)
+            r = measure_parity(n, tmp, inference_dtype=a.inference_dtype)
+            print(n, json.dumps(r), flush=True)

@@ -9,6 +9,7 @@ from .builder import (
     infos_up_to_date,
     lidar_files,
 )
+from .custom import CUSTOM_DATASET, register_custom_dataset, scan_dataset
 from .infos import InfoFileError, load_info_metadata, load_infos, save_infos
 from .lyft import LYFT_CLASSES, LYFT_SPEC
 from .nuscenes import NUSCENES_CLASSES, NUSCENES_SPEC
@@ -44,6 +45,9 @@ __all__ = [
     "register_all_defaults",
     "register_nuscenes",
     "register_lyft",
+    "CUSTOM_DATASET",
+    "register_custom_dataset",
+    "scan_dataset",
 ]
 
 #: dataset name -> spec.
