@@ -128,50 +128,29 @@ def _unexplained(missing, other_kept, other_pool, *, atol, score_atol, tie_atol,
     return bad
 
 
-def assert_same_detections(
-    a,
-    b,
-    *,
-    atol: float = 1e-4,
-    score_atol: float = 1e-5,
-    tie_atol: float = 1e-5,
-    nms_thresh: Optional[float] = None,
-    max_detections: int = 0,
-    candidates_a=None,
-    candidates_b=None,
-    max_unmatched_fraction: float = 0.02,
-):
+def assert_same_detections(a, b, *, candidates_a=None, candidates_b=None, **tolerances):
     """Assert that ``Instances`` ``a`` and ``b`` hold the same detections up to float rounding.
 
     Args:
         a, b: ``Instances`` with ``pred_boxes3d``, ``scores`` and ``pred_classes``.
-        atol: largest difference of a box parameter (m, rad, m/s) of a matched pair.
-        score_atol: largest score difference of a matched pair.
-        tie_atol: scores this close are a near tie (NMS and the limit may pick either box).
-        nms_thresh: the per-class BEV IoU threshold of the NMS that produced ``a`` and ``b``;
-            ``None``: no unmatched box is accepted as a near-tie pick.
-        max_detections: the limit the post-processing applied (``<= 0``: none).
         candidates_a, candidates_b: the pre-NMS pools (``Instances``, or callables returning
             them, called only when some box is unmatched) of each side, e.g. run under
             :class:`no_suppression`; an unmatched box of ``b`` is accepted as suppressed by
             ``a``'s NMS only if ``candidates_a`` holds it (and vice versa).
-        max_unmatched_fraction: at most this share of either side may be unmatched (explained
-            near ties included): a change that moves many boxes is never "ties".
+        tolerances: those of :func:`assert_same_arrays`.
     """
-    pools = [
-        c if c is None or callable(c) else (lambda c=c: c) for c in (candidates_a, candidates_b)
-    ]
+
+    def pool(c):
+        if c is None:
+            return None
+        return lambda: detections_of(c() if callable(c) else c)
+
     assert_same_arrays(
         detections_of(a),
         detections_of(b),
-        atol=atol,
-        score_atol=score_atol,
-        tie_atol=tie_atol,
-        nms_thresh=nms_thresh,
-        max_detections=max_detections,
-        candidates_a=None if pools[0] is None else lambda: detections_of(pools[0]()),
-        candidates_b=None if pools[1] is None else lambda: detections_of(pools[1]()),
-        max_unmatched_fraction=max_unmatched_fraction,
+        candidates_a=pool(candidates_a),
+        candidates_b=pool(candidates_b),
+        **tolerances,
     )
 
 
@@ -188,9 +167,23 @@ def assert_same_arrays(
     candidates_b=None,
     max_unmatched_fraction: float = 0.02,
 ):
-    """:func:`assert_same_detections` on ``(boxes (K, D), scores (K,), labels (K,))`` arrays
-    (e.g. read back from a results file); ``candidates_*`` are callables returning such
-    tuples. With ``nms_thresh`` the boxes need ``D >= 7`` (LiDAR boxes, for the BEV IoU)."""
+    """Assert that two sets of ``(boxes (K, D), scores (K,), labels (K,))`` arrays (e.g. read
+    back from results files) hold the same detections up to float rounding.
+
+    Args:
+        da, db: the two sets; with ``nms_thresh`` the boxes need ``D >= 7`` (LiDAR boxes, for
+            the BEV IoU).
+        atol: largest difference of a box parameter (m, rad, m/s) of a matched pair.
+        score_atol: largest score difference of a matched pair.
+        tie_atol: scores this close are a near tie (NMS and the limit may pick either box).
+        nms_thresh: the per-class BEV IoU threshold of the NMS that produced ``da`` and ``db``;
+            ``None``: no unmatched box is accepted as a near-tie pick.
+        max_detections: the limit the post-processing applied (``<= 0``: none).
+        candidates_a, candidates_b: callables returning the pre-NMS pool of each side as such
+            arrays (see :func:`assert_same_detections`).
+        max_unmatched_fraction: at most this share of either side may be unmatched (explained
+            near ties included): a change that moves many boxes is never "ties".
+    """
     da = tuple(np.asarray(x) for x in da)
     db = tuple(np.asarray(x) for x in db)
     assert len(da[1]) > 0 and len(db[1]) > 0, f"no detections: {len(da[1])} vs {len(db[1])}"

@@ -17,9 +17,8 @@ import logging
 from typing import List, Optional, Sequence
 import torch
 
-from ..engine.trainer import INFERENCE_BACKEND_REGISTRY
 from ._deps import require
-from .runtime import GRAPH_BACKENDS, OnnxPointPillars
+from .runtime import OnnxPointPillars, register_graph_backend
 
 __all__ = ["OpenVinoPointPillars", "INFERENCE_PRECISIONS"]
 
@@ -83,11 +82,4 @@ class OpenVinoPointPillars(OnnxPointPillars):
         return f"path={self.path}, openvino={self.providers[0]}"
 
 
-def _build_openvino_model(cfg):
-    return OpenVinoPointPillars(cfg)
-
-
-_build_openvino_model.__name__ = "openvino"  # the registry key: MODEL.BACKEND
-if "openvino" not in INFERENCE_BACKEND_REGISTRY:
-    INFERENCE_BACKEND_REGISTRY.register(_build_openvino_model)
-GRAPH_BACKENDS["openvino"] = OpenVinoPointPillars
+register_graph_backend("openvino", OpenVinoPointPillars)

@@ -39,6 +39,7 @@ __all__ = [
     "select_providers",
     "PREFERRED_PROVIDERS",
     "GRAPH_BACKENDS",
+    "register_graph_backend",
 ]
 
 logger = logging.getLogger(__name__)
@@ -288,17 +289,25 @@ class OnnxPointPillars(nn.Module):
         return f"path={self.path}, providers={self.providers}"
 
 
-def _build_onnxruntime_model(cfg):
-    return OnnxPointPillars(cfg)
+#: MODEL.BACKEND -> the class that runs the exported graph (:func:`register_graph_backend`;
+#: d2_pillars.deploy.openvino_runtime adds "openvino")
+GRAPH_BACKENDS = {}
 
 
-_build_onnxruntime_model.__name__ = "onnxruntime"  # the registry key: MODEL.BACKEND
-if "onnxruntime" not in INFERENCE_BACKEND_REGISTRY:
-    INFERENCE_BACKEND_REGISTRY.register(_build_onnxruntime_model)
+def register_graph_backend(name: str, cls):
+    """Make ``MODEL.BACKEND name`` build ``cls(cfg)`` (an :class:`OnnxPointPillars` subclass)
+    in :func:`~d2_pillars.engine.build_pillars_model` and :func:`build_predictor`."""
 
-#: MODEL.BACKEND -> the class that runs the exported graph (d2_pillars.deploy.openvino_runtime
-#: adds "openvino")
-GRAPH_BACKENDS = {"onnxruntime": OnnxPointPillars}
+    def build(cfg):
+        return cls(cfg)
+
+    build.__name__ = name  # the registry key
+    if name not in INFERENCE_BACKEND_REGISTRY:
+        INFERENCE_BACKEND_REGISTRY.register(build)
+    GRAPH_BACKENDS[name] = cls
+
+
+register_graph_backend("onnxruntime", OnnxPointPillars)
 
 
 class OnnxPillarsPredictor(PillarsPredictor):
