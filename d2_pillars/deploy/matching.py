@@ -30,7 +30,9 @@ class MatchTolerance:
     max_center_distance: float = 1.0
     #: smallest share of the checked reference boxes that must be matched
     min_matched: float = 0.9
-    #: largest |score difference| of a matched pair
+    #: largest 95th percentile of the |score differences| of the matched pairs (a percentile,
+    #: not the maximum: one near-tied box among hundreds, whose int8 score crosses a
+    #: neighbour's, must not refuse a graph that scores the same mAP)
     max_score_diff: float = 0.15
 
 
@@ -62,6 +64,11 @@ class DetectionMatchReport:
     def mean_score(self) -> float:
         return float(np.mean(self.score_diffs)) if self.score_diffs else 0.0
 
+    @property
+    def p95_score(self) -> float:
+        """95th percentile of the matched pairs' |score differences| (0 without pairs)."""
+        return float(np.percentile(self.score_diffs, 95)) if self.score_diffs else 0.0
+
     def failures(self, tolerance: MatchTolerance) -> List[str]:
         """What exceeds ``tolerance``, one sentence each (empty: the check passes)."""
         out = []
@@ -70,16 +77,19 @@ class DetectionMatchReport:
                 f"{self.matched} of {self.reference_boxes} boxes matched "
                 f"({self.matched_share:.1%} < {tolerance.min_matched:.0%})"
             )
-        if self.worst_score > tolerance.max_score_diff:
+        if self.p95_score > tolerance.max_score_diff:
             out.append(
-                f"largest score difference {self.worst_score:.3f} > {tolerance.max_score_diff:g}"
+                f"95th percentile of the score differences {self.p95_score:.3f} > "
+                f"{tolerance.max_score_diff:g} (largest {self.worst_score:.3f})"
             )
         return out
 
     def as_dict(self) -> dict:
         d = asdict(self)
         del d["score_diffs"]
-        d.update(matched_share=self.matched_share, mean_score=self.mean_score)
+        d.update(
+            matched_share=self.matched_share, mean_score=self.mean_score, p95_score=self.p95_score
+        )
         return d
 
     def summary(self) -> str:
@@ -87,7 +97,8 @@ class DetectionMatchReport:
             f"{self.matched}/{self.reference_boxes} boxes matched ({self.matched_share:.1%}) on "
             f"{self.frames} frames; worst centre {self.worst_center_m:.3f} m, size "
             f"{self.worst_size_rel:.1%}, yaw {self.worst_yaw_rad:.3f} rad, score "
-            f"{self.worst_score:.3f} (mean {self.mean_score:.3f})"
+            f"{self.worst_score:.3f} (95th percentile {self.p95_score:.3f}, mean "
+            f"{self.mean_score:.3f})"
         )
 
 

@@ -19,7 +19,8 @@
    config's test set), matches their boxes one to one (:func:`match_detections`) and refuses the
    graph (:class:`QuantizationCheckError`) when fewer than ``min_matched`` of the float model's
    boxes scoring ``>= min_score`` have an int8 box of their class within ``max_center_distance``,
-   or a matched pair's scores differ by more than ``max_score_diff`` (:class:`MatchTolerance`).
+   or the 95th percentile of the matched pairs' score differences exceeds ``max_score_diff``
+   (:class:`MatchTolerance`).
 """
 
 import json
@@ -102,8 +103,8 @@ class QuantizationReport:
             f"{self.check_dataset}: {c.get('matched', 0)}/{c.get('reference_boxes', 0)} boxes "
             f"matched ({c.get('matched_share', 1.0):.1%}), worst centre "
             f"{c.get('worst_center_m', 0):.3f} m, size {c.get('worst_size_rel', 0):.1%}, yaw "
-            f"{c.get('worst_yaw_rad', 0):.3f} rad, score {c.get('worst_score', 0):.3f} (mean "
-            f"{c.get('mean_score', 0):.3f})"
+            f"{c.get('worst_yaw_rad', 0):.3f} rad, score {c.get('worst_score', 0):.3f} (95th "
+            f"percentile {c.get('p95_score', 0):.3f}, mean {c.get('mean_score', 0):.3f})"
         )
 
 

@@ -96,7 +96,8 @@ def parse_args(argv=None):
         "--check-max-score-diff",
         type=float,
         default=tol.max_score_diff,
-        help="refused above this |score difference| of a matched pair (default %(default)s)",
+        help="refused when the 95th percentile of the matched pairs' |score differences| is "
+        "above this (default %(default)s)",
     )
     q.add_argument(
         "--float-modules",
