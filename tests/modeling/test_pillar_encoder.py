@@ -361,3 +361,29 @@ def test_dense_forward_is_inference_only():
     voxels, num_points, coords = _make_pillars()
     with pytest.raises(RuntimeError, match="eval"):
         _pfn().train().forward_dense(voxels, num_points, coords)
+
+
+@pytest.mark.parametrize("padded_slots", [False, True])
+@pytest.mark.parametrize("feat_channels", [[8], [8, 6], [8, 8, 5]])
+@pytest.mark.parametrize("with_distance", [False, True])
+def test_factored_forward_equals_the_dense_forward(padded_slots, feat_channels, with_distance):
+    """The exporters' formulation (decoration terms per pillar, padded slots holding the first
+    point) gives the dense forward's features, garbage in the padded slots included."""
+    voxels, num_points, coords = _make_pillars(num_pillars=40, max_points=6)
+    pfn = _pfn(feat_channels=feat_channels, padded_slots=padded_slots, with_distance=with_distance)
+    pfn = _randomize_bn(pfn).eval()
+    with torch.no_grad():
+        dense = pfn.forward_dense(voxels, num_points, coords)
+        factored = pfn.forward_factored(voxels, num_points, coords)
+    assert torch.isfinite(factored).all()
+    torch.testing.assert_close(factored, dense, rtol=1e-5, atol=1e-5)
+    # the padded rows matter in padded mode: the factored form keeps them
+    if padded_slots:
+        valid_only = copy.deepcopy(pfn)
+        valid_only.padded_slots = False
+        with torch.no_grad():
+            assert not torch.allclose(
+                valid_only.forward_factored(voxels, num_points, coords), dense
+            )
+    with pytest.raises(RuntimeError, match="eval"):
+        pfn.train().forward_factored(voxels, num_points, coords)
