@@ -143,8 +143,12 @@ def test_int8_export_writes_a_checked_graph(tiny):
     assert report.calibration_dataset == "q8_train" and report.calibration_frames == 4
     assert report.check_dataset == "q8_val" and report.check["frames"] == 4
     assert report.check["reference_boxes"] > 50 and report.check["matched_share"] >= 0.8
-    # the backbone and neck convolutions are int8, the head's three stay in float
-    assert report.quantized_nodes > 20 and len(report.float_nodes) == 9
+    # every convolution is int8 but the box regression's (one per level: 3) in float
+    assert report.quantized_nodes > 20 and len(report.float_nodes) == 3
+    from d2_pillars.deploy.quantize import _nodes_in_modules
+
+    float_proto = onnx.load(os.path.join(out, "model.onnx"))
+    assert set(report.float_nodes) <= set(_nodes_in_modules(float_proto, ["head.conv_reg"]))
     proto = onnx.load(report.path)
     ops = {n.op_type for n in proto.graph.node}
     assert {"QuantizeLinear", "DequantizeLinear"} <= ops
@@ -156,6 +160,36 @@ def test_int8_export_writes_a_checked_graph(tiny):
     assert int8_cfg.MODEL.BACKEND == "openvino"
     assert int8_cfg.MODEL.ONNX.PATH == os.path.abspath(report.path)
     assert load_config(os.path.join(out, "config_float.yaml")).MODEL.BACKEND == "onnxruntime"
+
+
+def test_float_modules_select_by_module_path(tiny):
+    """``float_modules`` names top-level modules or dotted submodules (the name scopes of the
+    exported nodes): ``head.conv_reg`` is the box regression of every level."""
+    from d2_pillars.deploy.quantize import _nodes_in_modules
+
+    import onnx
+
+    _, _, out, _ = tiny
+    proto = onnx.load(os.path.join(out, "model.onnx"))
+    convs = {n.name for n in proto.graph.node if n.op_type == "Conv"}
+    head = set(_nodes_in_modules(proto, ["head"])) & convs
+    reg = set(_nodes_in_modules(proto, ["head.conv_reg"])) & convs
+    cls_dir = set(_nodes_in_modules(proto, ["head.conv_cls", "head.conv_dir"])) & convs
+    assert len(head) == 9 and len(reg) == 3 and len(cls_dir) == 6
+    assert reg | cls_dir == head and not reg & cls_dir
+    assert not set(_nodes_in_modules(proto, ["head.conv_reg", "backbone"])) & cls_dir
+    with pytest.raises(ValueError, match="name no module"):
+        _nodes_in_modules(proto, ["head.conv"])  # whole names only
+
+
+def test_float_modules_that_name_nothing_are_refused_before_the_export(tiny, tmp_path):
+    """A float module that is not a module of the network (a typo, or config overrides that
+    ``--float-modules`` swallowed) stops the export at once, naming the valid modules."""
+    cfg, model, _, _ = tiny
+    for bad in (["MODEL.WEIGHTS", "model.pth"], ["head.conv_regression"]):
+        with pytest.raises(ValueError, match="name no module.*head.conv_reg"):
+            export_int8(cfg, str(tmp_path / "x"), model=model, float_modules=bad, progress=False)
+    assert not os.path.exists(tmp_path / "x")  # nothing exported
 
 
 def test_int8_export_refuses_a_broken_calibration(tiny, tmp_path):
@@ -222,3 +256,14 @@ def test_export_cli_exit_status_when_refused(monkeypatch, capsys, tmp_path):
     argv = ["--config-file", DEMO, "--output", str(tmp_path), "--quantize", "int8"]
     assert export_model.main(argv) == 1
     assert "refused" in capsys.readouterr().err
+
+    # --float-modules: the default, 'none', and names of their own
+    seen = []
+    monkeypatch.setattr(export_model, "export_int8", lambda *a, **k: seen.append(k) or refuse())
+    for extra, expected in (
+        ([], ["head.conv_reg"]),
+        (["--float-modules", "none"], []),
+        (["--float-modules", "head", "backbone"], ["head", "backbone"]),
+    ):
+        assert export_model.main(argv + extra) == 1
+        assert seen.pop()["float_modules"] == expected

@@ -38,7 +38,12 @@ from d2_pillars.deploy import (
     format_report,
 )
 from d2_pillars.deploy.matching import MatchTolerance
-from d2_pillars.deploy.quantize import INT8_BACKENDS, QUANTIZE_MODES, export_int8
+from d2_pillars.deploy.quantize import (
+    DEFAULT_FLOAT_MODULES,
+    INT8_BACKENDS,
+    QUANTIZE_MODES,
+    export_int8,
+)
 from d2_pillars.engine import load_config
 
 
@@ -101,10 +106,12 @@ def parse_args(argv=None):
     )
     q.add_argument(
         "--float-modules",
-        nargs="*",
-        default=["head"],
-        help="network modules (backbone, head) whose convolutions stay in float "
-        "(default: %(default)s)",
+        nargs="+",
+        default=list(DEFAULT_FLOAT_MODULES),
+        metavar="MODULE",
+        help="network modules whose convolutions stay in float: pillar_net, scatter, backbone, "
+        "head or dotted submodules (head.conv_reg, head.conv_cls, head.conv_dir); 'none': "
+        "quantize every convolution (default: %(default)s, the box regression)",
     )
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides KEY VALUE ...")
     return parser.parse_args(argv)
@@ -141,7 +148,7 @@ def main(argv=None):
                 check_dataset=args.check_dataset or None,
                 check_frames=args.check_frames,
                 tolerance=tolerance,
-                float_modules=args.float_modules,
+                float_modules=[m for m in args.float_modules if m != "none"],
                 sample=sample,
                 rtol=args.rtol,
                 opset=args.opset,
@@ -156,7 +163,7 @@ def main(argv=None):
                 opset=args.opset,
                 pillar_net=args.pillar_net,
             )
-    except (DeployDependencyError, NotExportableError, ExportCheckError, KeyError) as e:
+    except (DeployDependencyError, NotExportableError, ExportCheckError, KeyError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     if args.quantize == "int8":
