@@ -150,10 +150,16 @@ def benchmark_graph(
     calibration_records=(),
     precision="f32",
     profile_runs=3,
+    reference_e2e=None,
 ):
     """Export ``torch_model`` (``quantize`` "int8": calibrated on ``calibration_records``), then
     time the ``backend`` predictor's stages and its end-to-end latency on ``record``; returns
-    the figures (seconds) with the export's check."""
+    the figures (seconds) with the export's check.
+
+    ``reference_e2e``: the eager end to end (a callable), run just before each timed graph end
+    to end: the pairs see the same machine state, and the median of the per-pair ratios
+    (``paired_over_torch_e2e``) is the comparison a shared or throttled host cannot skew (its
+    speed drifts by tens of percent over the minutes between the two tables' runs)."""
     from ..data.mapper import PointCloudMapper
     from ..deploy import OnnxPillarsPredictor, model_inputs
     from ..deploy.export import points_only
@@ -210,11 +216,16 @@ def benchmark_graph(
         runs = []
 
         def e2e():
+            ref = (0.0, 0.0)
+            if reference_e2e is not None:
+                t0, c0 = time.perf_counter(), time.process_time()
+                reference_e2e()
+                ref = (time.perf_counter() - t0, time.process_time() - c0)
             in_graph.clear()
             t0, c0 = time.perf_counter(), time.process_time()
             predictor(record)
             wall, cpu = time.perf_counter() - t0, time.process_time() - c0
-            runs.append((wall, cpu, in_graph[0][0], in_graph[0][1]))
+            runs.append((wall, cpu, in_graph[0][0], in_graph[0][1], *ref))
 
         try:
             timer("e2e", e2e)
@@ -225,6 +236,11 @@ def benchmark_graph(
         figures["e2e_in_run_graph_cpu_s"] = statistics.median(r[3] for r in runs)
         figures["e2e_outside_graph_s"] = statistics.median(r[0] - r[2] for r in runs)
         figures["e2e_outside_graph_cpu_s"] = statistics.median(r[1] - r[3] for r in runs)
+        if reference_e2e is not None:
+            figures["paired_torch_e2e_s"] = statistics.median(r[4] for r in runs)
+            figures["paired_latency_s"] = statistics.median(r[0] for r in runs)
+            figures["paired_over_torch_e2e"] = statistics.median(r[0] / r[4] for r in runs)
+            figures["paired_over_torch_e2e_cpu"] = statistics.median(r[1] / r[5] for r in runs)
 
         figures["pillar_net"] = model.pillar_net
         if backend == "onnxruntime":
