@@ -127,6 +127,7 @@ def test_e2e_onnxruntime_side_by_side(root, capsys):
     # the target's ratio is of paired runs (eager, then the graph, each repetition)
     assert figures["onnxruntime_over_torch_e2e"] == ort["paired_over_torch_e2e"] > 0
     assert ort["paired_torch_e2e_s"] > 0 and ort["paired_latency_s"] > 0
+    assert ort["e2e_latency_s"] == ort["paired_latency_s"]  # the graph's runs alone
     ratio = ort["e2e_latency_s"] / figures["e2e_latency_s"]
     assert figures["onnxruntime_over_torch_e2e_tables"] == pytest.approx(ratio)
     assert "onnxruntime end to end / torch end to end (wall, paired runs)" in figures["targets"]
@@ -152,6 +153,7 @@ def test_e2e_openvino_int8_side_by_side(root, capsys):
     # the target's ratio is of paired runs (eager, then the graph, each repetition)
     assert figures["openvino_over_torch_e2e"] == ov["paired_over_torch_e2e"] > 0
     assert ov["paired_torch_e2e_s"] > 0 and ov["paired_latency_s"] > 0
+    assert ov["e2e_latency_s"] == ov["paired_latency_s"]  # the graph's runs alone
     ratio = ov["e2e_latency_s"] / figures["e2e_latency_s"]
     assert figures["openvino_over_torch_e2e_tables"] == pytest.approx(ratio)
     assert "openvino int8 end to end / torch end to end (wall, paired runs)" in figures["targets"]
