@@ -47,6 +47,7 @@ __all__ = [
     "input_names",
     "graph_inputs",
     "output_names",
+    "network_module_names",
 ]
 
 #: Graph inputs of the dense pillar net: voxels (V, M, C) float32, num_points (V,) int32,
@@ -213,6 +214,23 @@ class PillarsNetwork(nn.Module):
         if mode:
             raise RuntimeError("PillarsNetwork is inference only (the pillar net's dense path)")
         return super().train(False)
+
+
+def network_module_names(model: nn.Module) -> List[str]:
+    """The module paths of the :class:`PillarsNetwork` built over the eager ``model`` (the names
+    of the exported nodes' scopes, what ``float_modules`` of the int8 export names):
+    ``pillar_net``, ``scatter``, ``backbone``, ``head`` and their dotted submodules
+    (``pillar_net.encoder.linears.0``, ``backbone.bottom_up.s1``, ``head.conv_reg``, ...)."""
+    model = _check_exportable(model)
+    parts = (
+        ("pillar_net.encoder", model.pillar_encoder),  # _DensePillarNet.encoder
+        ("backbone", model.backbone),
+        ("head", model.head),
+    )
+    names = ["pillar_net", "scatter"]
+    for prefix, module in parts:
+        names += [prefix + (f".{n}" if n else "") for n, _ in module.named_modules()]
+    return names
 
 
 def split_outputs(outputs: Sequence[Tensor], num_levels: int):

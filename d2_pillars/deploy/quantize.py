@@ -46,7 +46,7 @@ from .export import (
     write_metadata,
 )
 from .matching import DetectionMatchReport, MatchTolerance, match_detections
-from .network import graph_inputs, input_names
+from .network import graph_inputs, input_names, network_module_names
 
 __all__ = [
     "QUANTIZE_MODES",
@@ -180,34 +180,24 @@ class PillarsCalibrationReader:
         return feeds
 
 
-def network_module_names(model) -> List[str]:
-    """The module paths of :class:`PillarsNetwork` over the eager ``model`` (what
-    ``float_modules`` names): ``pillar_net``, ``scatter``, ``backbone``, ``head`` and their
-    dotted submodules (``head.conv_reg``, ``backbone.bottom_up.s1``, ...)."""
-    names = ["pillar_net", "scatter"]
-    names += [
-        "pillar_net.encoder" + (f".{n}" if n else "")
-        for n, _ in model.pillar_encoder.named_modules()
-    ]
-    for top in ("backbone", "head"):
-        names += [top + (f".{n}" if n else "") for n, _ in getattr(model, top).named_modules()]
-    return names
+def _unknown_modules_error(unknown: Sequence[str]) -> ValueError:
+    return ValueError(
+        f"float modules {sorted(unknown)} name no module of the network: use pillar_net, "
+        "scatter, backbone, head or a dotted submodule such as head.conv_reg (export_model.py: "
+        "--float-modules none keeps nothing in float; --float-modules takes every word up to the "
+        "next option, so config overrides KEY VALUE go last, after another option)"
+    )
 
 
 def _check_float_modules(model, float_modules: Sequence[str]):
+    """Refuse names that are no module of the network, before the export and calibration."""
     if isinstance(float_modules, str):
         raise TypeError(
             f"float_modules must be a sequence of names, got the string {float_modules!r}"
         )
-    known = set(network_module_names(model))
-    unknown = [m for m in float_modules if m not in known]
+    unknown = set(float_modules) - set(network_module_names(model))
     if unknown:
-        raise ValueError(
-            f"float modules {unknown} name no module of the network: use pillar_net, scatter, "
-            "backbone, head or a dotted submodule such as head.conv_reg (export_model.py: "
-            "--float-modules none keeps nothing in float; --float-modules takes every word up "
-            "to the next option, so config overrides KEY VALUE go last, after another option)"
-        )
+        raise _unknown_modules_error(unknown)
 
 
 def _nodes_in_modules(proto, modules: Sequence[str]) -> List[str]:
@@ -218,26 +208,19 @@ def _nodes_in_modules(proto, modules: Sequence[str]) -> List[str]:
     import ast
 
     wanted = set(modules)
-    out, seen, top = [], set(), set()
+    out, seen = [], set()
     for node in proto.graph.node:
         meta = {p.key: p.value for p in node.metadata_props}
         try:
             scopes = ast.literal_eval(meta.get("pkg.torch.onnx.name_scopes", "[]"))
         except (ValueError, SyntaxError):
             scopes = []
-        top.update(scopes[1:2])
         hit = wanted.intersection(scopes[1:])
         if hit:
             seen |= hit
             out.append(node.name)
-    unknown = sorted(wanted - seen)
-    if unknown:
-        raise ValueError(
-            f"float modules {unknown} name no module of the network: pass module paths such as "
-            f"{sorted(top)} or dotted submodules (head.conv_reg), or 'none' (export_model.py: "
-            "--float-modules takes every word up to the next option, so put config overrides "
-            "(KEY VALUE) last, after another option)"
-        )
+    if wanted - seen:
+        raise _unknown_modules_error(wanted - seen)
     return out
 
 
