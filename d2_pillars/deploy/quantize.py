@@ -8,9 +8,11 @@
    (:func:`quantize_graph`): QDQ format, int8 weights per output channel (symmetric), uint8
    activations with min-max ranges over the calibration frames (``--calibration-frames`` of the
    config's training set, the test-time mapper: no augmentation), only the convolutions
-   (``Conv``, ``ConvTranspose``: backbone, neck, head) quantized, and the modules of
-   ``float_modules`` (:data:`DEFAULT_FLOAT_MODULES`: the head's box regression, its 1x1
-   convolution of each level) kept in float. The pillar net (linear layers, batch norm and a max
+   (``Conv``, ``ConvTranspose``: backbone, neck, head) quantized, with the layout ``Transpose``
+   that feeds them (the scatter's NHWC canvas to NCHW: transposed in int8, which OpenVINO merges
+   into its own layout change), and the modules of ``float_modules``
+   (:data:`DEFAULT_FLOAT_MODULES`: the head's box regression, its 1x1 convolution of each level)
+   kept in float. The pillar net (linear layers, batch norm and a max
    per pillar) has no convolution and stays in float;
 3. writes ``config.yaml`` for the int8 graph (``MODEL.BACKEND`` openvino or onnxruntime,
    ``MODEL.ONNX.PATH`` the int8 graph), which ``--eval-only``, the predictor and the visualizer
@@ -263,13 +265,22 @@ def quantize_graph(
     metadata = json.loads({p.key: p.value for p in proto.metadata_props}[METADATA_KEY])
     convs = [n.name for n in proto.graph.node if n.op_type in QUANTIZED_OPS]
     excluded = sorted(set(_nodes_in_modules(proto, float_modules)) & set(convs))
+    quantized = [n for n in convs if n not in excluded]
+    if not quantized:
+        # (onnxruntime reads an empty nodes_to_quantize as "every node")
+        raise ValueError(
+            f"float modules {list(float_modules)} keep every convolution of {float_path} in "
+            "float: nothing is left to quantize (export without --quantize int8 for the float "
+            "graph, or keep fewer modules in float)"
+        )
+    layout = _transposes_into(proto, quantized)
     reader = PillarsCalibrationReader(
         samples, metadata["pillar_net"], metadata["max_points_per_voxel"], progress=progress
     )
     hint = _DropPreprocessingHint()
     logging.getLogger().addFilter(hint)
     try:
-        _quantize_static(q, float_path, output_path, reader, excluded)
+        _quantize_static(q, float_path, output_path, reader, quantized + layout)
     finally:
         logging.getLogger().removeFilter(hint)
     if reader.frames == 0:
@@ -285,7 +296,28 @@ class _DropPreprocessingHint(logging.Filter):
         return "pre-processing" not in record.getMessage()
 
 
-def _quantize_static(q, float_path, output_path, reader, excluded):
+def _transposes_into(proto, quantized: Sequence[str]) -> List[str]:
+    """The ``Transpose`` nodes whose every consumer is one of the ``quantized`` nodes: the
+    scatter's canvas, NHWC in the graph, into the first convolutions. Quantized there, the int8
+    canvas is transposed instead of the float one, and OpenVINO folds that transposition into
+    the reorder to its own NHWC layout: ~20 ms less per 10-sweep frame (AVX2, 2 threads) for the
+    same values (the quantization takes the same scale before and after a transposition)."""
+    wanted = set(quantized)
+    consumers = {}
+    for node in proto.graph.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node.name)
+    return [
+        node.name
+        for node in proto.graph.node
+        if node.op_type == "Transpose"
+        and consumers.get(node.output[0])
+        and wanted.issuperset(consumers[node.output[0]])
+    ]
+
+
+def _quantize_static(q, float_path, output_path, reader, nodes):
+    """``quantize_static`` of exactly ``nodes`` (convolutions and layout transposes)."""
     q.quantize_static(
         float_path,
         output_path,
@@ -294,8 +326,11 @@ def _quantize_static(q, float_path, output_path, reader, excluded):
         per_channel=True,
         activation_type=q.QuantType.QUInt8,
         weight_type=q.QuantType.QInt8,
-        op_types_to_quantize=list(QUANTIZED_OPS),
-        nodes_to_exclude=excluded,
+        op_types_to_quantize=[*QUANTIZED_OPS, "Transpose"],
+        nodes_to_quantize=list(nodes),
+        # a Transpose takes its output's quantization from its input: the scatter's output has
+        # none of its own, so it is quantized here (calibrated as every other tensor)
+        extra_options={"ForceQuantizeNoInputCheck": True},
         # min-max: the calibration graph reduces each tensor to its min and max in the graph
         # (a few scalars per frame are kept, not the activations)
         calibrate_method=q.CalibrationMethod.MinMax,

@@ -162,6 +162,50 @@ def test_int8_export_writes_a_checked_graph(tiny):
     assert load_config(os.path.join(out, "config_float.yaml")).MODEL.BACKEND == "onnxruntime"
 
 
+def test_int8_graph_transposes_the_int8_canvas_and_leaves_the_outputs_float(tiny):
+    """The scatter's NHWC -> NCHW Transpose feeds only quantized convolutions: it is quantized
+    (the int8 canvas is transposed, with one scale before and after); the head's output
+    transposes are not (no quantization on a graph output's path through them)."""
+    import onnx
+    from onnx import numpy_helper
+
+    _, _, _, report = tiny
+    proto = onnx.load(report.path)
+    producer = {o: n for n in proto.graph.node for o in n.output}
+    consumers = {}
+    for n in proto.graph.node:
+        for i in n.input:
+            consumers.setdefault(i, []).append(n)
+    init = {t.name: numpy_helper.to_array(t) for t in proto.graph.initializer}
+    transposes = [n for n in proto.graph.node if n.op_type == "Transpose"]
+    quantized = [
+        t
+        for t in transposes
+        if getattr(producer.get(t.input[0]), "op_type", "") == "DequantizeLinear"
+    ]
+    assert len(quantized) == 1  # the canvas
+    (t,) = quantized
+    dq_in = producer[t.input[0]]
+    (q_out,) = consumers[t.output[0]]
+    assert q_out.op_type == "QuantizeLinear"
+    assert init[dq_in.input[1]] == init[q_out.input[1]]  # one scale
+    assert all(
+        c.op_type == "Conv" for q in consumers[q_out.output[0]] for c in consumers[q.output[0]]
+    )
+    for t in transposes:
+        if t is not quantized[0]:
+            assert all(c.op_type != "QuantizeLinear" for c in consumers.get(t.output[0], []))
+
+
+def test_float_modules_that_keep_every_convolution_float_are_refused(tiny, tmp_path):
+    cfg, model, _, _ = tiny
+    with pytest.raises(ValueError, match="nothing is left to quantize"):
+        export_int8(
+            cfg, str(tmp_path / "x"), model=model, float_modules=["backbone", "head"],
+            calibration_frames=1, check_frames=1, progress=False,
+        )  # fmt: skip
+
+
 def test_float_modules_select_by_module_path(tiny):
     """``float_modules`` names top-level modules or dotted submodules (the name scopes of the
     exported nodes): ``head.conv_reg`` is the box regression of every level."""
