@@ -7,13 +7,15 @@
 2. calibrates and quantizes it with onnxruntime's static quantizer into ``model_int8.onnx``
    (:func:`quantize_graph`): QDQ format, int8 weights per output channel (symmetric), uint8
    activations with min-max ranges over the calibration frames (``--calibration-frames`` of the
-   config's training set, the test-time mapper: no augmentation), only the convolutions
-   (``Conv``, ``ConvTranspose``: backbone, neck, head) quantized, with the layout ``Transpose``
-   that feeds them (the scatter's NHWC canvas to NCHW: transposed in int8, which OpenVINO merges
-   into its own layout change), and the modules of ``float_modules``
-   (:data:`DEFAULT_FLOAT_MODULES`: the head's box regression, its 1x1 convolution of each level)
-   kept in float. The pillar net (linear layers, batch norm and a max
-   per pillar) has no convolution and stays in float;
+   config's training set, the test-time mapper: no augmentation). Quantized: the convolutions
+   (``Conv``, ``ConvTranspose``: backbone, neck, head), the pillar net's per-point linear layers
+   after its first (their input is the previous layer's features; the first one's input holds
+   metric coordinates and stays in float), and the layout ``Transpose`` that feeds the first
+   convolutions (the scatter's NHWC canvas to NCHW: transposed in int8, which OpenVINO merges
+   into its own layout change); the modules of ``float_modules`` (:data:`DEFAULT_FLOAT_MODULES`:
+   none) stay in float. The head's outputs leave the graph in float: the quantizer's
+   QuantizeLinear / DequantizeLinear pair on each head convolution's output is removed, so its
+   int32 accumulators are scaled to float instead of being rounded to 256 levels;
 3. writes ``config.yaml`` for the int8 graph (``MODEL.BACKEND`` openvino or onnxruntime,
    ``MODEL.ONNX.PATH`` the int8 graph), which ``--eval-only``, the predictor and the visualizer
    run as they run the float graph;
@@ -226,14 +228,14 @@ def _nodes_in_modules(proto, modules: Sequence[str]) -> List[str]:
     return out
 
 
-#: op types quantized (the dense part's convolutions)
+#: op types quantized (the dense part's convolutions; see also _pillar_feature_linears)
 QUANTIZED_OPS = ("Conv", "ConvTranspose")
-#: Modules whose convolutions stay in float by default: the box regression. On the demo model
-#: (README "int8") the whole head in int8 cost 0.005 mAP and NDS and up to 56% in box size; the
-#: regression alone in float keeps mAP and NDS within 0.001 of the float model, and the
-#: classification and direction convolutions in int8 take ~30 ms off the OpenVINO graph of a
-#: 10-sweep frame on AVX2 (docs/performance.md).
-DEFAULT_FLOAT_MODULES = ("head.conv_reg",)
+#: Modules kept in float by default: none. On the demo model (README "int8") every convolution in
+#: int8 with the head's outputs left in float scores as the box regression kept in float (mAP and
+#: NDS within 0.0001 of each other), ~12 ms less per 10-sweep frame (AVX512-VNNI, 2 threads);
+#: the box regression's 8-bit output, not its weights, was what cost 0.005 mAP and up to 56% in
+#: box size before the outputs were left in float (docs/performance.md).
+DEFAULT_FLOAT_MODULES = ()
 
 
 def quantize_graph(
@@ -251,27 +253,29 @@ def quantize_graph(
         float_path: ``model.onnx`` of :func:`export_onnx`.
         output_path: the int8 QDQ graph written.
         samples: calibration frames (test-time mapper outputs).
-        float_modules: modules of the network whose convolutions stay in float: top-level
-            (``backbone``, ``head``) or dotted paths (``head.conv_reg``); a name that matches no
-            module is an error (ValueError).
+        float_modules: modules of the network whose convolutions (and, for ``pillar_net``,
+            linear layers) stay in float: top-level (``pillar_net``, ``backbone``, ``head``) or
+            dotted paths (``head.conv_reg``); a name that matches no module is an error
+            (ValueError).
 
     Returns:
-        tuple: (the names of the convolutions left in float, the number quantized, the number of
-        calibration frames read).
+        tuple: (the names of the quantizable nodes left in float, the number quantized, the
+        number of calibration frames read).
     """
     onnx = require("onnx", "int8 quantization")
     q = require("onnxruntime.quantization", "int8 quantization")
     proto = onnx.load(float_path)
     metadata = json.loads({p.key: p.value for p in proto.metadata_props}[METADATA_KEY])
     convs = [n.name for n in proto.graph.node if n.op_type in QUANTIZED_OPS]
-    excluded = sorted(set(_nodes_in_modules(proto, float_modules)) & set(convs))
-    quantized = [n for n in convs if n not in excluded]
+    candidates = convs + _pillar_feature_linears(proto)
+    excluded = sorted(set(_nodes_in_modules(proto, float_modules)) & set(candidates))
+    quantized = [n for n in candidates if n not in excluded]
     if not quantized:
         # (onnxruntime reads an empty nodes_to_quantize as "every node")
         raise ValueError(
-            f"float modules {list(float_modules)} keep every convolution of {float_path} in "
-            "float: nothing is left to quantize (export without --quantize int8 for the float "
-            "graph, or keep fewer modules in float)"
+            f"float modules {list(float_modules)} keep every convolution and linear layer of "
+            f"{float_path} in float: nothing is left to quantize (export without --quantize "
+            "int8 for the float graph, or keep fewer modules in float)"
         )
     layout = _transposes_into(proto, quantized)
     reader = PillarsCalibrationReader(
@@ -285,7 +289,10 @@ def quantize_graph(
         logging.getLogger().removeFilter(hint)
     if reader.frames == 0:
         raise ValueError("int8 calibration: no calibration frame was given")
-    return excluded, len(convs) - len(excluded), reader.frames
+    head = set(_nodes_in_modules(proto, ["head"])) & set(quantized)
+    if head:
+        _float_outputs_of(onnx, output_path, head)
+    return excluded, len(candidates) - len(excluded), reader.frames
 
 
 class _DropPreprocessingHint(logging.Filter):
@@ -294,6 +301,62 @@ class _DropPreprocessingHint(logging.Filter):
 
     def filter(self, record):
         return "pre-processing" not in record.getMessage()
+
+
+def _pillar_feature_linears(proto) -> List[str]:
+    """The pillar net's per-point ``MatMul`` nodes after its first layer: those whose input is a
+    ReLU output (the previous layer's point features, of the scale batch norm gives them), not
+    the raw points. The first layer stays in float: its input holds metric coordinates (up to
+    ~50 m, with offsets of centimetres in the pillar), which 8 bits cannot hold. With VNNI, the
+    64 -> 64 layer of a 10-sweep frame (0.3 M point rows) takes ~20 ms less in int8
+    (docs/performance.md)."""
+    producer = {out: node for node in proto.graph.node for out in node.output}
+    initializers = {t.name for t in proto.graph.initializer}
+    pillar_net = set(_nodes_in_modules(proto, ["pillar_net"]))
+    return [
+        node.name
+        for node in proto.graph.node
+        if node.op_type == "MatMul"
+        and node.name in pillar_net
+        and node.input[1] in initializers
+        and getattr(producer.get(node.input[0]), "op_type", None) == "Relu"
+    ]
+
+
+def _float_outputs_of(onnx, path: str, convs: Iterable[str]):
+    """Drop the QuantizeLinear -> DequantizeLinear pair that the quantizer puts on the output of
+    each of ``convs`` (the head's convolutions, whose outputs are the graph's): their int32
+    accumulators are then scaled straight to float, instead of being rounded to 256 levels of a
+    range calibrated over every anchor (class logits, box deltas) before leaving the graph. The
+    graph is rewritten in place."""
+    proto = onnx.load(path)
+    nodes = proto.graph.node
+    consumers = {}
+    for node in nodes:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
+    graph_outputs = {o.name for o in proto.graph.output}
+    drop = []
+    for conv in (n for n in nodes if n.name in convs):
+        users = consumers.get(conv.output[0], [])
+        if len(users) != 1 or users[0].op_type != "QuantizeLinear":
+            continue
+        quant = users[0]
+        dequants = consumers.get(quant.output[0], [])
+        if not dequants or any(
+            d.op_type != "DequantizeLinear" or d.output[0] in graph_outputs for d in dequants
+        ):
+            continue
+        for dq in dequants:
+            for user in consumers.get(dq.output[0], []):
+                user.input[:] = [conv.output[0] if i == dq.output[0] else i for i in user.input]
+        drop += [quant, *dequants]
+    for node in drop:
+        nodes.remove(node)
+    onnx.checker.check_model(proto)
+    tmp = path + ".tmp"
+    onnx.save(proto, tmp)
+    os.replace(tmp, path)
 
 
 def _transposes_into(proto, quantized: Sequence[str]) -> List[str]:
@@ -326,7 +389,7 @@ def _quantize_static(q, float_path, output_path, reader, nodes):
         per_channel=True,
         activation_type=q.QuantType.QUInt8,
         weight_type=q.QuantType.QInt8,
-        op_types_to_quantize=[*QUANTIZED_OPS, "Transpose"],
+        op_types_to_quantize=[*QUANTIZED_OPS, "MatMul", "Transpose"],
         nodes_to_quantize=list(nodes),
         # a Transpose takes its output's quantization from its input: the scatter's output has
         # none of its own, so it is quantized here (calibrated as every other tensor)

@@ -143,12 +143,8 @@ def test_int8_export_writes_a_checked_graph(tiny):
     assert report.calibration_dataset == "q8_train" and report.calibration_frames == 4
     assert report.check_dataset == "q8_val" and report.check["frames"] == 4
     assert report.check["reference_boxes"] > 50 and report.check["matched_share"] >= 0.8
-    # every convolution is int8 but the box regression's (one per level: 3) in float
-    assert report.quantized_nodes > 20 and len(report.float_nodes) == 3
-    from d2_pillars.deploy.quantize import _nodes_in_modules
-
-    float_proto = onnx.load(os.path.join(out, "model.onnx"))
-    assert set(report.float_nodes) <= set(_nodes_in_modules(float_proto, ["head.conv_reg"]))
+    # by default nothing quantizable is kept in float
+    assert report.quantized_nodes > 20 and report.float_nodes == []
     proto = onnx.load(report.path)
     ops = {n.op_type for n in proto.graph.node}
     assert {"QuantizeLinear", "DequantizeLinear"} <= ops
@@ -197,11 +193,92 @@ def test_int8_graph_transposes_the_int8_canvas_and_leaves_the_outputs_float(tiny
             assert all(c.op_type != "QuantizeLinear" for c in consumers.get(t.output[0], []))
 
 
+def _graph_links(proto):
+    producer = {o: n for n in proto.graph.node for o in n.output}
+    consumers = {}
+    for n in proto.graph.node:
+        for i in n.input:
+            consumers.setdefault(i, []).append(n)
+    return producer, consumers
+
+
+def _op(node):
+    return getattr(node, "op_type", None)
+
+
+def test_int8_head_outputs_leave_the_graph_in_float(tiny):
+    """Each head convolution is int8 (its input and weights dequantized from int8) but its output
+    goes on in float: no QuantizeLinear between it and the graph output (the logits and box
+    deltas are not rounded to 256 levels)."""
+    from d2_pillars.deploy.quantize import _nodes_in_modules
+
+    import onnx
+
+    _, _, out, report = tiny
+    float_proto = onnx.load(os.path.join(out, "model.onnx"))
+    head = set(_nodes_in_modules(float_proto, ["head"]))
+    proto = onnx.load(report.path)
+    producer, consumers = _graph_links(proto)
+    convs = [n for n in proto.graph.node if n.op_type == "Conv" and n.name in head]
+    assert len(convs) == 9  # cls, reg, dir at 3 levels
+    for conv in convs:
+        assert _op(producer.get(conv.input[0])) == "DequantizeLinear"  # int8 input
+        assert _op(producer.get(conv.input[1])) == "DequantizeLinear"  # int8 weights
+        assert all(_op(c) != "QuantizeLinear" for c in consumers[conv.output[0]])
+    outputs = {o.name for o in proto.graph.output}
+    for name in outputs:
+        node = producer[name]
+        while node.op_type != "Conv":  # Reshape / Transpose back to the convolution
+            assert node.op_type in ("Reshape", "Transpose"), node.op_type
+            node = producer[node.input[0]]
+        assert node.name in head
+
+
+def test_int8_pillar_net_keeps_its_first_layer_in_float(tiny, tmp_path):
+    """The pillar net's per-point linear layers after the first are int8 (input and weights
+    dequantized from int8); the first layer, fed with metric coordinates, stays float32;
+    ``float_modules=["pillar_net"]`` keeps them all in float."""
+    from d2_pillars.deploy.quantize import (
+        _nodes_in_modules,
+        _pillar_feature_linears,
+        quantize_graph,
+    )
+
+    import onnx
+
+    cfg, _, out, report = tiny
+    float_path = os.path.join(out, "model.onnx")
+    float_proto = onnx.load(float_path)
+    pillar_net = set(_nodes_in_modules(float_proto, ["pillar_net"]))
+    later = set(_pillar_feature_linears(float_proto))
+    matmuls = {n.name for n in float_proto.graph.node if n.op_type == "MatMul"} & pillar_net
+    # one per bucket of the bucketed layout for each of the two layers
+    assert later and len(matmuls) == 2 * len(later)
+
+    def int8_inputs(path):
+        proto = onnx.load(path)
+        producer, _ = _graph_links(proto)
+        return {
+            n.name: [_op(producer.get(i)) == "DequantizeLinear" for i in n.input[:2]]
+            for n in proto.graph.node
+            if n.name in matmuls
+        }
+
+    default = int8_inputs(report.path)
+    assert all(default[n] == [True, True] for n in later)
+    assert all(default[n] == [False, False] for n in matmuls - later)
+    kept = str(tmp_path / "pillar_float.onnx")
+    samples = list(dataset_samples(cfg, "q8_train", 1))
+    float_nodes, _, _ = quantize_graph(float_path, kept, samples, float_modules=["pillar_net"])
+    assert later <= set(float_nodes)
+    assert all(v == [False, False] for v in int8_inputs(kept).values())
+
+
 def test_float_modules_that_keep_every_convolution_float_are_refused(tiny, tmp_path):
     cfg, model, _, _ = tiny
     with pytest.raises(ValueError, match="nothing is left to quantize"):
         export_int8(
-            cfg, str(tmp_path / "x"), model=model, float_modules=["backbone", "head"],
+            cfg, str(tmp_path / "x"), model=model, float_modules=["pillar_net", "backbone", "head"],
             calibration_frames=1, check_frames=1, progress=False,
         )  # fmt: skip
 
@@ -305,7 +382,7 @@ def test_export_cli_exit_status_when_refused(monkeypatch, capsys, tmp_path):
     seen = []
     monkeypatch.setattr(export_model, "export_int8", lambda *a, **k: seen.append(k) or refuse())
     for extra, expected in (
-        ([], ["head.conv_reg"]),
+        ([], []),
         (["--float-modules", "none"], []),
         (["--float-modules", "head", "backbone"], ["head", "backbone"]),
     ):

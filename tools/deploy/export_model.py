@@ -107,11 +107,12 @@ def parse_args(argv=None):
     q.add_argument(
         "--float-modules",
         nargs="+",
-        default=list(DEFAULT_FLOAT_MODULES),
+        default=list(DEFAULT_FLOAT_MODULES) or ["none"],
         metavar="MODULE",
-        help="network modules whose convolutions stay in float: pillar_net, scatter, backbone, "
-        "head or dotted submodules (head.conv_reg, head.conv_cls, head.conv_dir); 'none': "
-        "quantize every convolution (default: %(default)s, the box regression)",
+        help="network modules whose convolutions (pillar_net: linear layers) stay in float: "
+        "pillar_net, scatter, backbone, head or dotted submodules (head.conv_reg, "
+        "head.conv_cls, head.conv_dir); 'none' (default): quantize every convolution and the "
+        "pillar net's linear layers after its first",
     )
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides KEY VALUE ...")
     return parser.parse_args(argv)
@@ -168,8 +169,9 @@ def main(argv=None):
         return 1
     if args.quantize == "int8":
         print(
-            f"{report.path}: int8 ({report.quantized_nodes} convolutions quantized, "
-            f"{len(report.float_nodes)} kept in float), calibrated on {report.calibration_frames} "
+            f"{report.path}: int8 ({report.quantized_nodes} convolutions and linear layers "
+            f"quantized, {len(report.float_nodes)} kept in float), calibrated on "
+            f"{report.calibration_frames} "
             f"frames of {report.calibration_dataset} in {report.quantize_seconds:.1f} s"
         )
         print(report.summary())
