@@ -50,8 +50,9 @@ def build_anchor3d_head(cfg, input_shapes: List[ShapeSpec]):
 
 def permute_to_N_HWA_K(tensor: Tensor, k: int) -> Tensor:
     """(B, A * K, H, W) -> (B, H * W * A, K), the anchor order of :class:`Anchor3DGenerator`."""
-    b, _, h, w = tensor.shape
-    return tensor.view(b, -1, k, h, w).permute(0, 3, 4, 1, 2).reshape(b, -1, k)
+    # channel c = a * K + k: one 4-D permutation to (B, H, W, A * K) holds the same order as the
+    # 5-D (B, H, W, A, K) one, and graph runtimes fold it into the convolution's output layout
+    return tensor.permute(0, 2, 3, 1).reshape(tensor.shape[0], -1, k)
 
 
 def _put_scalar(name: str, value: float):
