@@ -169,8 +169,12 @@ def benchmark_graph(
     calibration = [mapper(points_only(r)) for r in calibration_records]
     figures = {"backend": backend, "quantize": quantize}
     with tempfile.TemporaryDirectory(prefix="d2_pillars_bench_onnx_") as out:
+        export_cfg = cfg.clone()
+        export_cfg.defrost()
+        # the int8 export's check runs the graph in the precision timed here
+        export_cfg.MODEL.OPENVINO.INFERENCE_PRECISION = precision
         path, export_figures = _export(
-            cfg, torch_model, sample, out, pillar_net, quantize, calibration, backend
+            export_cfg, torch_model, sample, out, pillar_net, quantize, calibration, backend
         )
         figures.update(export_figures)
         onnx_cfg = cfg.clone()
