@@ -95,7 +95,12 @@ def graph_inputs(voxels: Tensor, num_points: Tensor, coords: Tensor, pillar_net:
         select = (n >= low) & (n < m) if m < max_points else n >= low
         index = select.nonzero(as_tuple=True)[0]
         # slice the slots first (a view), then gather: only m slots per pillar are copied
-        out += [voxels[:, :m][index], num_points[index], coords[index]]
+        # (index_select: ~2x faster than advanced indexing here)
+        out += [
+            voxels[:, :m].index_select(0, index),
+            num_points.index_select(0, index),
+            coords.index_select(0, index),
+        ]
         low = m
     return tuple(out)
 

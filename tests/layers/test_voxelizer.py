@@ -126,6 +126,23 @@ def test_torch_path_equals_spconv_on_a_large_cloud(max_voxels):
     assert a[2].max() == 64
 
 
+def test_spconv_reuse_leaves_no_stale_points():
+    """The spconv generator's buffer is reused without spconv's full clear: a large cloud, then
+    smaller ones (and an empty one), give the zero padding and values of a fresh voxelizer."""
+    gen = torch.Generator().manual_seed(1)
+
+    def cloud(n, spread):
+        xyz = torch.randn(n, 3, generator=gen) * torch.tensor([spread, spread, 1.0])
+        return torch.cat([xyz, torch.rand(n, 1, generator=gen) + 1.0], dim=1)
+
+    reused = nuscenes_voxelizer("spconv")
+    for pts in (cloud(50000, 20.0), cloud(3000, 5.0), torch.zeros(0, 4), cloud(20000, 0.5)):
+        got = reused(pts)
+        expected = nuscenes_voxelizer("torch")(pts)
+        for x, y in zip(got, expected):
+            assert torch.equal(x, y)
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_empty_and_all_outside(backend):
     vox = nuscenes_voxelizer(backend)
