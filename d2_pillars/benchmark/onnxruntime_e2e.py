@@ -210,9 +210,9 @@ def benchmark_graph(
         run_graph = model.run_graph
         in_graph = []
 
-        def timed_run_graph(*args):
+        def timed_run_graph(*args, **kwargs):
             t0, c0 = time.perf_counter(), time.process_time()
-            result = run_graph(*args)
+            result = run_graph(*args, **kwargs)
             in_graph.append((time.perf_counter() - t0, time.process_time() - c0))
             return result
 

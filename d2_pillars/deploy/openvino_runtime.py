@@ -72,10 +72,11 @@ class OpenVinoPointPillars(OnnxPointPillars):
             raise ValueError(f"{self.path}: OpenVINO finds no output {missing}")
         self._ports = [ports[n] for n in self.metadata["outputs"]]
 
-    def run_graph(self, feeds) -> List[torch.Tensor]:
-        """One inference; the outputs as CPU tensors, in :attr:`output_names` order (copies: the
-        request's output buffers are reused by the next call)."""
-        results = self.request.infer(feeds, share_inputs=True, share_outputs=False)
+    def run_graph(self, feeds, copy: bool = True) -> List[torch.Tensor]:
+        """One inference; the outputs as CPU tensors, in :attr:`output_names` order: copies, or
+        with ``copy=False`` views of the request's output buffers, which the next call
+        overwrites (no 35 MB copy per 10-sweep nuScenes frame)."""
+        results = self.request.infer(feeds, share_inputs=True, share_outputs=not copy)
         return [torch.from_numpy(results[p]) for p in self._ports]
 
     def extra_repr(self):

@@ -254,8 +254,12 @@ class OnnxPointPillars(nn.Module):
         inputs = graph_inputs(voxels, num_points, coords, self.pillar_net)
         return {n: t.contiguous().numpy() for n, t in zip(self.input_names, inputs)}
 
-    def run_graph(self, feeds) -> List[torch.Tensor]:
-        """``session.run``; the outputs as CPU tensors, in :attr:`output_names` order."""
+    def run_graph(self, feeds, copy: bool = True) -> List[torch.Tensor]:
+        """``session.run``; the outputs as CPU tensors, in :attr:`output_names` order.
+
+        ``copy=False`` allows a back-end to return views of its own output buffers, valid until
+        the next call (:meth:`forward` decodes them at once); onnxruntime's are fresh arrays
+        either way."""
         return [torch.from_numpy(o) for o in self.session.run(self.output_names, feeds)]
 
     def run_network(self, voxels, num_points, coords) -> List[torch.Tensor]:
@@ -279,7 +283,8 @@ class OnnxPointPillars(nn.Module):
                     f"batched_inputs[{i}] has no 'voxels': the onnxruntime model takes voxelized "
                     "samples; build the data loader with d2_pillars' PointCloudMapper"
                 )
-            outputs = self.run_network(*model_inputs(x))
+            # decoded before the next call: the outputs may be the runtime's own buffers
+            outputs = self.run_graph(self.graph_feeds(*model_inputs(x)), copy=False)
             outputs = [o.to(self._device) for o in outputs]
             (instances,) = self.postprocess(outputs)
             results.append({"instances": instances})

@@ -357,6 +357,29 @@ def test_openvino_runs_the_float_graph_like_onnxruntime(tiny):
         OpenVinoPointPillars(float_cfg, precision="int4")
 
 
+def test_openvino_shared_outputs_are_decoded_before_the_next_frame(tiny):
+    """forward() runs the graph without copying its outputs (views of the request's buffers,
+    overwritten by the next inference): two frames in one call give what each gives alone."""
+    from d2_pillars.deploy import OpenVinoPointPillars, model_inputs
+
+    cfg, _, out, _ = tiny
+    model = OpenVinoPointPillars(load_config(os.path.join(out, "config.yaml")))
+    a, b = list(dataset_samples(cfg, "q8_val", 2))
+    feeds = model.graph_feeds(*model_inputs(a))
+    copied = model.run_graph(feeds)
+    shared = model.run_graph(feeds, copy=False)
+    assert all(torch.equal(x, y) for x, y in zip(copied, shared))
+    both = model([a, b])
+    for alone, together in zip((model([a])[0], model([b])[0]), both):
+        assert torch.equal(alone["instances"].scores, together["instances"].scores)
+        assert torch.equal(
+            alone["instances"].pred_boxes3d.tensor, together["instances"].pred_boxes3d.tensor
+        )
+    assert len(both[0]["instances"]) != len(both[1]["instances"]) or not torch.equal(
+        both[0]["instances"].scores, both[1]["instances"].scores
+    )  # two different frames
+
+
 def _inputs(sample):
     from d2_pillars.deploy import model_inputs
 
