@@ -55,6 +55,18 @@ def permute_to_N_HWA_K(tensor: Tensor, k: int) -> Tensor:
     return tensor.permute(0, 2, 3, 1).reshape(tensor.shape[0], -1, k)
 
 
+def _row_max(x: Tensor) -> Tensor:
+    """``x.amax(dim=1)`` of an (N, K) tensor with a few columns, as K - 1 elementwise maxima:
+    torch's reduction over a short inner axis runs at a third of the memory rate on the CPU
+    (320,000 x 10 class logits: 2.3 -> 1.4 ms). The same values (a max is exact)."""
+    if x.shape[1] < 2:
+        return x.amax(dim=1)
+    out = torch.maximum(x[:, 0], x[:, 1])
+    for k in range(2, x.shape[1]):
+        torch.maximum(out, x[:, k], out=out)
+    return out
+
+
 def _put_scalar(name: str, value: float):
     """Log to the current detectron2 EventStorage when there is one (training loops)."""
     try:
@@ -425,7 +437,7 @@ class Anchor3DHead(nn.Module):
                 # the sigmoid of the kept rows only (not of every anchor x class: 12 of the 80 ms
                 # of a full-load nuScenes frame). Ties of the float32 sigmoid (saturated scores)
                 # are broken by the logit, which a sigmoid ranking leaves to topk.
-                top = logits_l.amax(dim=1).topk(self.nms_pre).indices
+                top = _row_max(logits_l).topk(self.nms_pre).indices
                 anchors_l, logits_l, deltas_l, dirs_l = (
                     anchors_l[top],
                     logits_l[top],
