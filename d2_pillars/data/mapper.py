@@ -345,13 +345,18 @@ class PointCloudMapper:
 
     def _range_filter_and_shuffle(self, points, rng):
         r = self.point_cloud_range
-        # Column by column: comparisons broadcast over a 3-wide axis are ~10x slower.
-        mask = points[:, 0] > r[0]
+        # Column by column (comparisons broadcast over a 3-wide axis are ~10x slower), in torch
+        # on a view of the array: its threads take 2.1 -> 0.9 ms off 346k points. Both compare
+        # in float32 (numpy < 2 casts the bound to the array's dtype, as torch does).
+        # (a read-only array, e.g. a caller's memory map, stays in numpy: torch would warn)
+        cols = torch.from_numpy(points) if points.flags.writeable else points
+        mask = cols[:, 0] > r[0]
         for axis in range(3):
-            col = points[:, axis]
+            col = cols[:, axis]
             if axis:
                 mask &= col > r[axis]
             mask &= col < r[axis + 3]
+        mask = mask.numpy() if isinstance(mask, torch.Tensor) else mask
         if self.shuffle_points:
             idx = np.flatnonzero(mask)
             # torch's randperm is ~2x faster than numpy's shuffle; np.take ~20x faster than
