@@ -291,7 +291,7 @@ def quantize_graph(
         raise ValueError("int8 calibration: no calibration frame was given")
     head = set(_nodes_in_modules(proto, ["head"])) & set(quantized)
     if head:
-        _float_outputs_of(onnx, output_path, head)
+        _float_outputs_of(output_path, head)
     return excluded, len(candidates) - len(excluded), reader.frames
 
 
@@ -303,6 +303,18 @@ class _DropPreprocessingHint(logging.Filter):
         return "pre-processing" not in record.getMessage()
 
 
+def _graph_links(proto):
+    """``(producer, consumers)`` of an ONNX graph: the node that writes each tensor name, and the
+    list of nodes that read it."""
+    producer, consumers = {}, {}
+    for node in proto.graph.node:
+        for name in node.output:
+            producer[name] = node
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
+    return producer, consumers
+
+
 def _pillar_feature_linears(proto) -> List[str]:
     """The pillar net's per-point ``MatMul`` nodes after its first layer: those whose input is a
     ReLU output (the previous layer's point features, of the scale batch norm gives them), not
@@ -310,7 +322,7 @@ def _pillar_feature_linears(proto) -> List[str]:
     ~50 m, with offsets of centimetres in the pillar), which 8 bits cannot hold. With VNNI, the
     64 -> 64 layer of a 10-sweep frame (0.3 M point rows) takes ~20 ms less in int8
     (docs/performance.md)."""
-    producer = {out: node for node in proto.graph.node for out in node.output}
+    producer, _ = _graph_links(proto)
     initializers = {t.name for t in proto.graph.initializer}
     pillar_net = set(_nodes_in_modules(proto, ["pillar_net"]))
     return [
@@ -323,18 +335,16 @@ def _pillar_feature_linears(proto) -> List[str]:
     ]
 
 
-def _float_outputs_of(onnx, path: str, convs: Iterable[str]):
+def _float_outputs_of(path: str, convs: Iterable[str]):
     """Drop the QuantizeLinear -> DequantizeLinear pair that the quantizer puts on the output of
     each of ``convs`` (the head's convolutions, whose outputs are the graph's): their int32
     accumulators are then scaled straight to float, instead of being rounded to 256 levels of a
     range calibrated over every anchor (class logits, box deltas) before leaving the graph. The
     graph is rewritten in place."""
+    onnx = require("onnx", "int8 quantization")
     proto = onnx.load(path)
     nodes = proto.graph.node
-    consumers = {}
-    for node in nodes:
-        for name in node.input:
-            consumers.setdefault(name, []).append(node)
+    _, consumers = _graph_links(proto)
     graph_outputs = {o.name for o in proto.graph.output}
     drop = []
     for conv in (n for n in nodes if n.name in convs):
@@ -366,21 +376,19 @@ def _transposes_into(proto, quantized: Sequence[str]) -> List[str]:
     the reorder to its own NHWC layout: ~20 ms less per 10-sweep frame (AVX2, 2 threads) for the
     same values (the quantization takes the same scale before and after a transposition)."""
     wanted = set(quantized)
-    consumers = {}
-    for node in proto.graph.node:
-        for name in node.input:
-            consumers.setdefault(name, []).append(node.name)
+    _, consumers = _graph_links(proto)
     return [
         node.name
         for node in proto.graph.node
         if node.op_type == "Transpose"
         and consumers.get(node.output[0])
-        and wanted.issuperset(consumers[node.output[0]])
+        and wanted.issuperset(c.name for c in consumers[node.output[0]])
     ]
 
 
 def _quantize_static(q, float_path, output_path, reader, nodes):
-    """``quantize_static`` of exactly ``nodes`` (convolutions and layout transposes)."""
+    """``quantize_static`` of exactly ``nodes`` (convolutions, the pillar net's later linear
+    layers, layout transposes)."""
     q.quantize_static(
         float_path,
         output_path,

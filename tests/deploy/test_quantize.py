@@ -15,7 +15,7 @@ import torch
 from detectron2.structures import Instances
 
 from d2_pillars.deploy import MatchTolerance, QuantizationCheckError, export_int8, match_detections
-from d2_pillars.deploy.quantize import dataset_samples
+from d2_pillars.deploy.quantize import _graph_links, dataset_samples
 from d2_pillars.engine import PillarsTrainer, build_pillars_model, load_config
 from d2_pillars.structures import LiDARBoxes
 
@@ -167,11 +167,7 @@ def test_int8_graph_transposes_the_int8_canvas_and_leaves_the_outputs_float(tiny
 
     _, _, _, report = tiny
     proto = onnx.load(report.path)
-    producer = {o: n for n in proto.graph.node for o in n.output}
-    consumers = {}
-    for n in proto.graph.node:
-        for i in n.input:
-            consumers.setdefault(i, []).append(n)
+    producer, consumers = _graph_links(proto)
     init = {t.name: numpy_helper.to_array(t) for t in proto.graph.initializer}
     transposes = [n for n in proto.graph.node if n.op_type == "Transpose"]
     quantized = [
@@ -191,15 +187,6 @@ def test_int8_graph_transposes_the_int8_canvas_and_leaves_the_outputs_float(tiny
     for t in transposes:
         if t is not quantized[0]:
             assert all(c.op_type != "QuantizeLinear" for c in consumers.get(t.output[0], []))
-
-
-def _graph_links(proto):
-    producer = {o: n for n in proto.graph.node for o in n.output}
-    consumers = {}
-    for n in proto.graph.node:
-        for i in n.input:
-            consumers.setdefault(i, []).append(n)
-    return producer, consumers
 
 
 def _op(node):
